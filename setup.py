@@ -1,0 +1,5 @@
+"""Build only: the setuptools metadata lives in pyproject.toml."""
+
+from setuptools import setup
+
+setup()

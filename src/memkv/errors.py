@@ -1,0 +1,46 @@
+"""The errors memkv raises: one root, each also a subclass of the matching builtin."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailableError",
+    "CodecError",
+    "InvalidArgumentError",
+    "InvalidKeyError",
+    "InvalidMetadataError",
+    "InvalidTTLError",
+    "MemKVError",
+    "StoreNotFoundError",
+]
+
+
+class MemKVError(Exception):
+    """Base class of every error memkv raises."""
+
+
+class InvalidArgumentError(MemKVError, ValueError):
+    """An option or argument with a value memkv cannot use (``batch_size=0``, a bad URL)."""
+
+
+class StoreNotFoundError(MemKVError, ValueError):
+    """A manager was asked for a store name it does not hold, or has no default."""
+
+
+class InvalidTTLError(MemKVError, ValueError):
+    """A TTL that is not a positive ``timedelta``, ``int`` or ``float``."""
+
+
+class InvalidKeyError(MemKVError, TypeError):
+    """A key or prefix that is not a ``str``."""
+
+
+class InvalidMetadataError(MemKVError, TypeError):
+    """Metadata that is not a mapping with ``str`` keys."""
+
+
+class CodecError(MemKVError, TypeError):
+    """A value the codec cannot encode, or stored bytes it cannot decode."""
+
+
+class BackendUnavailableError(MemKVError, ConnectionError):
+    """The backend server cannot be reached within the timeout and retry budget."""

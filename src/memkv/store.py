@@ -1,0 +1,190 @@
+"""The async store interface every backend implements, and the stats snapshot it reports."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Generic, NamedTuple, TypeVar
+
+from memkv._core import MemoryEntry
+from memkv.validation import check_items, check_keys, check_metadata, check_prefix, ttl_seconds
+
+__all__ = ["BaseMemoryStore", "MemoryStore", "StoreStats", "TTL"]
+
+T = TypeVar("T")
+
+#: A time to live: a ``timedelta`` or seconds as ``int``/``float``; ``None`` never expires.
+TTL = timedelta | int | float | None
+
+
+class StoreStats(NamedTuple):
+    """An immutable snapshot of a store's counters.
+
+    ``gets`` counts keys looked up (each key of ``get_many`` once) and equals
+    ``hits + misses``; ``sets`` counts entries written; ``deletes`` counts live entries
+    removed by ``delete``, ``delete_many`` and ``clear``; ``expired`` counts entries
+    dropped because their TTL ran out; ``evictions`` counts entries dropped to respect
+    ``max_entries``. ``entries`` is how many entries the store holds (including expired
+    ones not yet purged), or ``None`` where the store cannot tell cheaply.
+    """
+
+    gets: int = 0
+    hits: int = 0
+    misses: int = 0
+    sets: int = 0
+    deletes: int = 0
+    expired: int = 0
+    evictions: int = 0
+    entries: int | None = None
+
+    @property
+    def hit_rate(self) -> float:
+        """``hits / gets``, or 0.0 before the first get."""
+        return self.hits / self.gets if self.gets else 0.0
+
+
+class MemoryStore(abc.ABC, Generic[T]):
+    """The async key-value interface shared by every memkv store.
+
+    Keys are ``str``; any other type raises ``InvalidKeyError``. Every method is a
+    coroutine except ``scan`` (which returns an async iterator) and ``stats``.
+    Stores are async context managers that ``close()`` on exit.
+    """
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> MemoryEntry[T] | None:
+        """Return the live entry for ``key``, or ``None`` when missing or expired."""
+
+    @abc.abstractmethod
+    async def set(
+        self,
+        key: str,
+        value: T,
+        ttl: TTL = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Store ``value`` under ``key``.
+
+        ``ttl`` is a ``timedelta`` or seconds (``int``/``float``); ``None`` never
+        expires; ``ttl <= 0`` raises ``InvalidTTLError`` and stores nothing. Overwriting
+        keeps ``created_at``, sets ``updated_at`` to now and replaces value, expiry and
+        metadata.
+        """
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; ``True`` when a live entry was removed."""
+
+    @abc.abstractmethod
+    def scan(self, pattern: str | None = None, batch_size: int = 100) -> AsyncIterator[str]:
+        """Yield each live key that starts with the literal prefix ``pattern`` once.
+
+        ``pattern`` is a plain prefix, not a glob (``*``, ``?`` and ``[`` are ordinary
+        characters); ``None`` yields every key. Keys written or removed during a scan
+        may or may not appear, and a scan never fails because the store changed under
+        it. ``batch_size < 1`` raises ``InvalidArgumentError`` (a ``ValueError``).
+        """
+
+    @abc.abstractmethod
+    async def exists(self, key: str) -> bool:
+        """``True`` when ``key`` holds a live entry."""
+
+    @abc.abstractmethod
+    async def clear(self, pattern: str | None = None) -> int:
+        """Remove the live entries whose key starts with ``pattern`` (all when ``None``).
+
+        Only this store's entries are touched. Returns how many were removed.
+        """
+
+    @abc.abstractmethod
+    async def get_many(self, keys: Iterable[str]) -> list[MemoryEntry[T] | None]:
+        """Entries for ``keys``, aligned with them (``None`` where missing or expired)."""
+
+    @abc.abstractmethod
+    async def set_many(
+        self,
+        items: Mapping[str, T] | Iterable[tuple[str, T]],
+        ttl: TTL = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Store every ``(key, value)`` of ``items`` with the same ``ttl`` and metadata.
+
+        The whole batch is validated before anything is written.
+        """
+
+    @abc.abstractmethod
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        """Remove ``keys``; returns how many live entries were removed."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections and other resources. Safe to call twice."""
+
+    @abc.abstractmethod
+    def stats(self) -> StoreStats:
+        """A snapshot of this store's counters (see ``StoreStats``)."""
+
+    async def __aenter__(self: _S) -> _S:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+_S = TypeVar("_S", bound=MemoryStore[Any])
+
+
+class BaseMemoryStore(MemoryStore[T]):
+    """A ``MemoryStore`` built from four methods: ``get``, ``set``, ``delete``, ``scan``.
+
+    Third-party stores subclass this and implement those four; the rest is derived
+    from them (one call per key), and ``stats()`` reports zeros unless overridden.
+
+    >>> class DictStore(BaseMemoryStore[str]):
+    ...     ...  # implement get, set, delete and scan
+    """
+
+    async def exists(self, key: str) -> bool:
+        return await self.get(key) is not None
+
+    async def clear(self, pattern: str | None = None) -> int:
+        prefix = check_prefix(pattern)
+        keys = [key async for key in self.scan(prefix or None)]
+        removed = 0
+        for key in keys:
+            removed += await self.delete(key)
+        return removed
+
+    async def get_many(self, keys: Iterable[str]) -> list[MemoryEntry[T] | None]:
+        return [await self.get(key) for key in check_keys(keys)]
+
+    async def set_many(
+        self,
+        items: Mapping[str, T] | Iterable[tuple[str, T]],
+        ttl: TTL = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        pairs = check_items(items)
+        ttl_seconds(ttl)
+        check_metadata(metadata)
+        for key, value in pairs:
+            await self.set(key, value, ttl, metadata)
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        removed = 0
+        for key in check_keys(keys):
+            removed += await self.delete(key)
+        return removed
+
+    async def close(self) -> None:
+        return None
+
+    def stats(self) -> StoreStats:
+        return StoreStats()

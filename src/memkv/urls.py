@@ -1,0 +1,60 @@
+"""Builds a store from a URL: ``memory://``, ``redis://``, ``rediss://``, ``unix://``, cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from memkv.errors import InvalidArgumentError
+from memkv.store import MemoryStore
+
+__all__ = ["REDIS_SCHEMES", "open_store"]
+
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+cluster", "rediss+cluster"})
+
+
+def open_store(url: str) -> MemoryStore[Any]:
+    """Open the store a URL describes.
+
+    - ``memory://?max_entries=N`` — a ``LocalMemoryStore``;
+    - ``redis://[user:password@]host:port/db?namespace=NAME&codec=json``, ``rediss://…``
+      (TLS), ``unix:///path/to/redis.sock?…`` and ``redis+cluster://host:port?…`` — a
+      ``RedisMemoryStore`` (needs ``pip install "memkv[redis]"``).
+
+    An unknown scheme or a bad query parameter raises ``InvalidArgumentError`` (a
+    ``ValueError``) naming it.
+    """
+    if not isinstance(url, str):
+        raise InvalidArgumentError(f"a store URL must be a str, not {type(url).__name__}")
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "memory":
+        return _open_memory(url)
+    if scheme in REDIS_SCHEMES:
+        from memkv.redis import RedisMemoryStore
+
+        return RedisMemoryStore.from_url(url)
+    raise InvalidArgumentError(
+        f"unknown store URL scheme {scheme!r} in {url!r}; expected memory://, redis://, "
+        "rediss://, unix:// or redis+cluster://"
+    )
+
+
+def _open_memory(url: str) -> MemoryStore[Any]:
+    from memkv.local import LocalMemoryStore
+
+    parts = urlsplit(url)
+    if parts.netloc or parts.path not in ("", "/"):
+        raise InvalidArgumentError(f"memory:// takes no host or path, got {url!r}")
+    max_entries: int | None = None
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name != "max_entries":
+            raise InvalidArgumentError(f"unknown memory:// parameter {name!r}")
+        try:
+            max_entries = int(value)
+        except ValueError:
+            raise InvalidArgumentError(
+                f"max_entries must be a positive integer, got {value!r}"
+            ) from None
+        if max_entries < 1:
+            raise InvalidArgumentError(f"max_entries must be a positive integer, got {value!r}")
+    return LocalMemoryStore(max_entries)

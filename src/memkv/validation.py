@@ -1,0 +1,114 @@
+"""Argument checks shared by every store: keys, prefixes, TTLs, metadata, batches."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from typing import Any
+
+from memkv.errors import (
+    InvalidArgumentError,
+    InvalidKeyError,
+    InvalidMetadataError,
+    InvalidTTLError,
+)
+
+__all__ = [
+    "check_batch_size",
+    "check_items",
+    "check_key",
+    "check_keys",
+    "check_metadata",
+    "check_prefix",
+    "ttl_seconds",
+]
+
+
+def check_key(key: object) -> str:
+    """Return ``key`` as an exact ``str``, or raise ``InvalidKeyError``."""
+    if type(key) is str:
+        return key
+    if isinstance(key, str):
+        return str.__str__(key)
+    raise InvalidKeyError(f"keys must be str, not {type(key).__name__}")
+
+
+def check_prefix(prefix: object) -> str:
+    """Return a scan/clear prefix as a ``str`` (``None`` means every key)."""
+    if prefix is None:
+        return ""
+    if type(prefix) is str:
+        return prefix
+    if isinstance(prefix, str):
+        return str.__str__(prefix)
+    raise InvalidKeyError(f"a prefix must be str or None, not {type(prefix).__name__}")
+
+
+def ttl_seconds(ttl: object) -> float | None:
+    """Return a TTL in seconds (``None`` for no expiry), or raise ``InvalidTTLError``."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, timedelta):
+        seconds = ttl.total_seconds()
+    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
+        try:
+            seconds = float(ttl)
+        except OverflowError:
+            raise InvalidTTLError(f"ttl is too large: {ttl!r}") from None
+    else:
+        raise InvalidTTLError(
+            f"ttl must be a timedelta, int or float seconds, or None, not {type(ttl).__name__}"
+        )
+    if not seconds > 0 or math.isinf(seconds):
+        raise InvalidTTLError(f"ttl must be positive and finite, got {ttl!r}")
+    return seconds
+
+
+def check_metadata(metadata: object) -> dict[str, Any] | None:
+    """Return a private copy of ``metadata`` (``None`` when empty), or raise."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        raise InvalidMetadataError(
+            f"metadata must be a mapping or None, not {type(metadata).__name__}"
+        )
+    copied = dict(metadata)
+    for name in copied:
+        if type(name) is not str:
+            raise InvalidMetadataError(f"metadata keys must be str, not {type(name).__name__}")
+    return copied or None
+
+
+def check_items(items: object) -> list[tuple[str, Any]]:
+    """Validate ``set_many`` input (a mapping or (key, value) pairs) as a whole."""
+    if isinstance(items, Mapping):
+        pairs: Iterable[Any] = items.items()
+    elif isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise InvalidKeyError(
+            f"items must be a mapping or an iterable of (key, value) pairs, "
+            f"not {type(items).__name__}"
+        )
+    else:
+        pairs = items
+    checked: list[tuple[str, Any]] = []
+    for pair in pairs:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise InvalidKeyError(f"items must be (key, value) pairs, got {type(pair).__name__}")
+        checked.append((check_key(pair[0]), pair[1]))
+    return checked
+
+
+
+def check_keys(keys: Iterable[object]) -> list[str]:
+    """Validate an iterable of keys as a whole (a lone ``str`` is refused)."""
+    if isinstance(keys, (str, bytes)):
+        raise InvalidKeyError("keys must be an iterable of str, not a single str")
+    return [check_key(key) for key in keys]
+
+
+def check_batch_size(batch_size: object) -> int:
+    """Return ``batch_size`` if it is an int of at least 1, else raise."""
+    if type(batch_size) is not int or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    return batch_size
