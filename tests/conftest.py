@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from memkv import LocalMemoryStore, MemoryStore
-from memkv import _core_py
+from memkv import LocalMemoryStore, MemoryStore, _core_py
 
 pytest_plugins = ["tests.redis_servers"]
 
@@ -113,3 +112,10 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[StoreHarness]
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(params=["python", "cython"])
+def core(request: pytest.FixtureRequest) -> str:
+    """The name of each local core, for tests that build their own stores."""
+    core_module(request.param)
+    return str(request.param)

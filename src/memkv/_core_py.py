@@ -21,7 +21,14 @@ from typing import Any, Generic, TypeVar
 from sortedcontainers import SortedList
 
 from memkv.errors import InvalidTTLError
-from memkv.validation import check_items, check_key, check_keys, check_metadata, check_prefix, ttl_seconds
+from memkv.validation import (
+    check_items,
+    check_key,
+    check_keys,
+    check_metadata,
+    check_prefix,
+    ttl_seconds,
+)
 
 __all__ = ["LocalCore", "MemoryEntry", "make_entry"]
 
@@ -72,7 +79,7 @@ class MemoryEntry(Generic[T]):
         if expires_at is None:
             self._expires: float | None = None
         elif not isinstance(expires_at, datetime):
-            raise InvalidTTLError(  # noqa: TRY003
+            raise InvalidTTLError(
                 f"expires_at must be a datetime or None, not {type(expires_at).__name__}"
             )
         elif expires_at.tzinfo is None or expires_at.utcoffset() is None:
@@ -159,7 +166,9 @@ class LocalCore:
     ) -> None:
         if max_entries is not None:
             if type(max_entries) is not int:
-                raise TypeError(f"max_entries must be an int or None, not {type(max_entries).__name__}")
+                raise TypeError(
+                    f"max_entries must be an int or None, not {type(max_entries).__name__}"
+                )
             if max_entries < 1:
                 raise ValueError(f"max_entries must be at least 1, got {max_entries}")
         if clock is None:
@@ -208,7 +217,9 @@ class LocalCore:
             ]
             heapq.heapify(heap)
 
-    def _lookup(self, key: str, now: float, dead: list[MemoryEntry[Any]]) -> MemoryEntry[Any] | None:
+    def _lookup(
+        self, key: str, now: float, dead: list[MemoryEntry[Any]]
+    ) -> MemoryEntry[Any] | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -278,7 +289,9 @@ class LocalCore:
         self._compact_if_needed()
         self._sets += 1
 
-    def _fetch(self, key: str, now: float, dead: list[MemoryEntry[Any]]) -> MemoryEntry[Any] | None:
+    def _fetch(
+        self, key: str, now: float, dead: list[MemoryEntry[Any]]
+    ) -> MemoryEntry[Any] | None:
         self._gets += 1
         entry = self._lookup(key, now, dead)
         if entry is None:
@@ -361,7 +374,9 @@ class LocalCore:
             now = self.now()
             return sum(self._remove(key, now, dead) for key in checked)
 
-    def scan_batch(self, prefix: str, after: str | None, limit: int) -> tuple[list[str], str | None]:
+    def scan_batch(
+        self, prefix: str, after: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
         """Up to ``limit`` index positions of keys starting with ``prefix`` past ``after``.
 
         Returns the live keys found, in code-point order, and the cursor to pass as
@@ -442,6 +457,10 @@ class LocalCore:
                 self._evictions,
                 len(self._entries),
             )
+
+    def _heap_size(self) -> int:
+        """Items in the expiry heap, stale ones included (for tests)."""
+        return len(self._heap)
 
     def _check(self) -> None:
         """Assert the internal invariants (for tests and fuzzing)."""

@@ -33,9 +33,7 @@ class MemoryManager(Generic[T]):
         self._default: str | None = None
 
     @classmethod
-    def from_urls(
-        cls, urls: Mapping[str, str], default: str | None = None
-    ) -> MemoryManager[Any]:
+    def from_urls(cls, urls: Mapping[str, str], default: str | None = None) -> MemoryManager[Any]:
         """Open a store for each ``name: url`` (see ``open_store``) and register it."""
         if default is not None and default not in urls:
             raise StoreNotFoundError(f"default store {default!r} is not among {sorted(urls)}")
@@ -145,7 +143,7 @@ class MemoryManager(Generic[T]):
             closed.add(id(store))
             try:
                 await store.close()
-            except Exception as err:  # noqa: BLE001 - close the rest, then re-raise
+            except Exception as err:
                 errors.append(err)
         if errors:
             raise errors[0]

@@ -11,7 +11,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from memkv._core import MemoryEntry
 from memkv.validation import check_items, check_keys, check_metadata, check_prefix, ttl_seconds
 
-__all__ = ["BaseMemoryStore", "MemoryStore", "StoreStats", "TTL"]
+__all__ = ["TTL", "BaseMemoryStore", "MemoryStore", "StoreStats"]
 
 T = TypeVar("T")
 

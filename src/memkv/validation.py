@@ -99,7 +99,6 @@ def check_items(items: object) -> list[tuple[str, Any]]:
     return checked
 
 
-
 def check_keys(keys: Iterable[object]) -> list[str]:
     """Validate an iterable of keys as a whole (a lone ``str`` is refused)."""
     if isinstance(keys, (str, bytes)):

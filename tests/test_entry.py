@@ -1,0 +1,70 @@
+"""MemoryEntry as users build and read it, on both cores' classes."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+import memkv
+from memkv.errors import InvalidKeyError, InvalidMetadataError, InvalidTTLError
+from tests.conftest import core_module
+
+
+@pytest.fixture
+def entry_type(core: str) -> Any:
+    return core_module(core).MemoryEntry
+
+
+def test_new_entry_has_equal_aware_utc_timestamps(entry_type: Any) -> None:
+    entry = entry_type("k", "v")
+    assert entry.key == "k"
+    assert entry.value == "v"
+    assert entry.metadata == {}
+    assert entry.expires_at is None
+    assert entry.created_at == entry.updated_at
+    assert entry.created_at.tzinfo is not None
+    assert abs(entry.created_at - datetime.now(timezone.utc)) < timedelta(seconds=5)
+
+
+def test_entry_keeps_expires_at_and_metadata(entry_type: Any) -> None:
+    when = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    entry = entry_type("k", [1], expires_at=when, metadata={"a": 1})
+    assert entry.expires_at == when
+    assert entry.metadata == {"a": 1}
+    other_zone = when.astimezone(timezone(timedelta(hours=5)))
+    assert entry_type("k", 1, expires_at=other_zone).expires_at == when
+
+
+def test_entry_is_generic(entry_type: Any) -> None:
+    alias = entry_type[str]
+    assert alias("k", "v").value == "v"
+    assert memkv.MemoryEntry[int] is not None
+
+
+def test_metadata_dict_is_kept_when_mutated(entry_type: Any) -> None:
+    entry = entry_type("k", "v")
+    entry.metadata["added"] = True
+    assert entry.metadata == {"added": True}
+
+
+def test_entry_validates_its_arguments(entry_type: Any) -> None:
+    with pytest.raises(InvalidKeyError):
+        entry_type(1, "v")
+    with pytest.raises(InvalidTTLError):
+        entry_type("k", "v", expires_at=datetime(2030, 1, 1))  # naive
+    with pytest.raises(InvalidTTLError):
+        entry_type("k", "v", expires_at=5)
+    with pytest.raises(InvalidMetadataError):
+        entry_type("k", "v", metadata=[("a", 1)])
+
+
+def test_equality_and_repr(entry_type: Any) -> None:
+    entry = entry_type("k", "v", metadata={"a": 1})
+    assert entry == entry
+    assert entry != entry_type("k", "other")
+    assert "key='k'" in repr(entry)
+    assert "value='v'" in repr(entry)
+    with pytest.raises(TypeError):
+        hash(entry)

@@ -1,0 +1,39 @@
+"""open_store: URL schemes and their parameters."""
+
+from __future__ import annotations
+
+import pytest
+
+from memkv import LocalMemoryStore, open_store
+from memkv.errors import InvalidArgumentError
+
+
+def test_memory_url_opens_a_local_store() -> None:
+    store = open_store("memory://")
+    assert isinstance(store, LocalMemoryStore)
+    assert store.max_entries is None
+    bounded = open_store("memory://?max_entries=500")
+    assert isinstance(bounded, LocalMemoryStore)
+    assert bounded.max_entries == 500
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("ftp://host", "'ftp'"),
+        ("nothing-here", "''"),
+        ("memory://?max_entries=abc", "max_entries"),
+        ("memory://?max_entries=0", "max_entries"),
+        ("memory://?size=3", "'size'"),
+        ("memory://somehost", "host"),
+    ],
+)
+def test_bad_urls_raise_value_errors_naming_the_problem(url: str, named: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=named) as info:
+        open_store(url)
+    assert isinstance(info.value, ValueError)
+
+
+def test_non_str_url_raises() -> None:
+    with pytest.raises(InvalidArgumentError):
+        open_store(123)  # type: ignore[arg-type]
