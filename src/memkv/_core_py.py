@@ -11,6 +11,7 @@ released, so a value's ``__del__`` may call back into the store.
 from __future__ import annotations
 
 import heapq
+import itertools
 import threading
 import time
 from collections import OrderedDict
@@ -418,11 +419,12 @@ class LocalCore:
                 self._expired += len(old) - removed
             else:
                 index = self._index
-                start = index.bisect_left(prefix)
-                stop = start
-                while stop < len(index) and index[stop].startswith(prefix):
-                    stop += 1
-                keys = list(index.islice(start, stop))
+                keys = list(
+                    itertools.takewhile(
+                        lambda key: key.startswith(prefix),
+                        index.islice(index.bisect_left(prefix)),
+                    )
+                )
                 old = {key: self._entries[key] for key in keys}
                 removed = 0
                 for key, entry in old.items():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -15,6 +14,7 @@ from memkv.errors import (
 )
 
 __all__ = [
+    "MAX_TTL_SECONDS",
     "check_batch_size",
     "check_items",
     "check_key",
@@ -23,6 +23,9 @@ __all__ = [
     "check_prefix",
     "ttl_seconds",
 ]
+
+#: The longest TTL accepted: 100 years (``None`` means no expiry at all).
+MAX_TTL_SECONDS = 100 * 365.25 * 86400
 
 
 def check_key(key: object) -> str:
@@ -60,8 +63,11 @@ def ttl_seconds(ttl: object) -> float | None:
         raise InvalidTTLError(
             f"ttl must be a timedelta, int or float seconds, or None, not {type(ttl).__name__}"
         )
-    if not seconds > 0 or math.isinf(seconds):
-        raise InvalidTTLError(f"ttl must be positive and finite, got {ttl!r}")
+    if not 0 < seconds <= MAX_TTL_SECONDS:
+        raise InvalidTTLError(
+            f"ttl must be positive and at most {MAX_TTL_SECONDS:.0f} seconds (100 years), "
+            f"got {ttl!r}; use ttl=None for no expiry"
+        )
     return seconds
 
 
