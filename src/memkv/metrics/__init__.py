@@ -9,7 +9,7 @@ the metrics backend asks: ``memkv.metrics.prometheus`` (extra ``prometheus``) an
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 from memkv.manager import MemoryManager
 from memkv.store import MemoryStore, StoreStats
@@ -28,7 +28,7 @@ COUNTERS: Mapping[str, str] = {
 }
 
 #: What an exporter reads: a manager (every registered store) or a name-to-store mapping.
-StoreSource = Union[MemoryManager[Any], Mapping[str, MemoryStore[Any]]]
+StoreSource: TypeAlias = MemoryManager[Any] | Mapping[str, MemoryStore[Any]]
 
 
 def snapshot(source: StoreSource) -> Iterator[tuple[str, StoreStats]]:
