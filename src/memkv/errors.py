@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 __all__ = [
+    "AccessDeniedError",
+    "BackendError",
     "BackendUnavailableError",
     "CodecError",
     "InvalidArgumentError",
@@ -44,3 +46,20 @@ class CodecError(MemKVError, TypeError):
 
 class BackendUnavailableError(MemKVError, ConnectionError):
     """The backend server cannot be reached within the timeout and retry budget."""
+
+
+class AccessDeniedError(MemKVError, PermissionError):
+    """The backend refused the credentials, or an ACL forbids a command or key.
+
+    Raised for a wrong password, an unknown user or a missing ``AUTH`` and for an ACL
+    ``NOPERM`` refusal. Retrying does not help, so it is never retried; the message
+    names the server, never the password.
+    """
+
+
+class BackendError(MemKVError, RuntimeError):
+    """The backend answered an operation with an error reply.
+
+    For Redis: a reply such as ``OOM`` or ``READONLY`` that is neither an outage
+    (``BackendUnavailableError``) nor an access refusal (``AccessDeniedError``).
+    """
