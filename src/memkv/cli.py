@@ -50,7 +50,9 @@ async def _bench(args: argparse.Namespace, console: Console) -> list[BenchResult
     stores = _local_stores(args.core)
     plans: list[tuple[str, MemoryStore[Any], int]] = [(n, s, args.ops) for n, s in stores]
     if args.redis:
-        plans.append((f"redis ({args.redis})", open_store(args.redis), args.redis_ops))
+        # Label the store by its repr: the URL itself may hold a password.
+        redis_store = open_store(args.redis)
+        plans.append((repr(redis_store), redis_store, args.redis_ops))
     total = BASELINE_OPERATIONS * args.ops
     for _, _, calls in plans:
         total += 4 * calls + 2 * _heavy_calls(calls)
