@@ -93,9 +93,11 @@ class LocalMemoryStore(BaseMemoryStore[T]):
                 yield key
             if cursor is None:
                 return
-            # Let other tasks run between batches: a long scan must not stall the loop.
-            await asyncio.sleep(0)
             keys, cursor = core.scan_batch(prefix, cursor, batch_size)
+            if keys or cursor is not None:
+                # Let other tasks run between batches: a long scan must not stall the
+                # loop. (Not after the last, empty batch: a full first batch is common.)
+                await asyncio.sleep(0)
 
     def purge_expired(self) -> int:
         """Remove every expired entry now; returns how many."""

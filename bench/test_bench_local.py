@@ -1,0 +1,517 @@
+"""Benchmarks of the local store: issue 3's figures, each a ratio to a same-run baseline.
+
+Run ``pytest bench`` for the full figures (about two minutes), or
+``MEMKV_BENCH_GATE=1 pytest bench --benchmark-disable`` for the CI gate, which only
+asserts the floors. The table of figures is printed at the end of the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from bench.conftest import (
+    GATE,
+    LARGE,
+    Figure,
+    assert_floor,
+    paired,
+    rate,
+    record,
+    runner,
+)
+from memkv import LocalMemoryStore
+from memkv import _core_py as core_py
+
+try:
+    from memkv import _core_c as core_c
+except ImportError:  # MEMKV_NO_EXTENSIONS=1 build
+    core_c = None  # type: ignore[assignment]
+
+needs_cython = pytest.mark.skipif(core_c is None, reason="the Cython core is not built")
+
+KEYS = 20_000 if GATE else 200_000
+TTL = 3600
+
+
+def make_keys(count: int, start: int = 0) -> list[str]:
+    return [f"user:{i:07d}" for i in range(start, start + count)]
+
+
+def shuffled(keys: list[str], seed: int = 1) -> list[str]:
+    copy = keys[:]
+    random.Random(seed).shuffle(copy)
+    return copy
+
+
+def store_on(core: Any) -> LocalMemoryStore[Any]:
+    store_type = type("Store", (LocalMemoryStore,), {"_core_type": core.LocalCore})
+    return store_type()  # type: ignore[no-any-return]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cython_core() -> Any:
+    if core_c is None:
+        pytest.skip("the Cython core is not built")
+    return core_c
+
+
+# -- awaited calls against a bare async dict -----------------------------------------
+
+
+def test_get_hit_vs_bare_async_dict(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
+    core = cython_core()
+    keys = make_keys(KEYS)
+    order = shuffled(keys)
+    plain = dict.fromkeys(keys, 1)
+    store = store_on(core)
+    store._core.set_many([(k, 1) for k in keys], TTL)
+
+    async def bare_get(key: str) -> Any:
+        return plain.get(key)
+
+    async def bare() -> None:
+        for key in order:
+            await bare_get(key)
+
+    async def memkv() -> None:
+        get = store.get
+        for key in order:
+            await get(key)
+
+    subject, baseline = paired(runner(loop, memkv), runner(loop, bare))
+    ratio = baseline / subject
+    record(
+        Figure(
+            "awaited get hit (200k keys, shuffled)",
+            rate(KEYS / subject),
+            rate(KEYS / baseline),
+            f"{ratio:.2f}x",
+            ">= 0.6x",
+            ratio >= 0.6,
+        )
+    )
+    assert_floor(KEYS, subject)
+    benchmark.extra_info["ratio_vs_bare_async_dict"] = ratio
+    benchmark.pedantic(runner(loop, memkv), rounds=1 if GATE else 3)
+
+
+def test_set_ttl_existing_vs_bare_async_dict(
+    benchmark: Any, loop: asyncio.AbstractEventLoop
+) -> None:
+    core = cython_core()
+    keys = make_keys(KEYS)
+    order = shuffled(keys)
+    plain = dict.fromkeys(keys, 1)
+    store = store_on(core)
+    store._core.set_many([(k, 1) for k in keys], TTL)
+
+    async def bare_set(key: str, value: Any) -> None:
+        plain[key] = value
+
+    async def bare() -> None:
+        for key in order:
+            await bare_set(key, 2)
+
+    async def memkv() -> None:
+        set_ = store.set
+        for key in order:
+            await set_(key, 2, TTL)
+
+    subject, baseline = paired(runner(loop, memkv), runner(loop, bare))
+    ratio = baseline / subject
+    record(
+        Figure(
+            "awaited set with TTL, existing key",
+            rate(KEYS / subject),
+            rate(KEYS / baseline),
+            f"{ratio:.2f}x",
+            ">= 0.4x",
+            ratio >= 0.4,
+        )
+    )
+    assert_floor(KEYS, subject)
+    benchmark.extra_info["ratio_vs_bare_async_dict"] = ratio
+    benchmark.pedantic(runner(loop, memkv), rounds=1 if GATE else 3)
+
+
+@pytest.fixture(scope="module")
+def large_store() -> tuple[Any, dict[str, int]]:
+    """A Cython-core store and a dict, each holding ``LARGE`` keys (with a TTL)."""
+    core = cython_core()
+    keys = make_keys(LARGE)
+    store = store_on(core)
+    store._core.set_many([(k, 1) for k in keys], TTL)
+    return store, dict.fromkeys(keys, 1)
+
+
+def test_new_key_set_with_ttl_into_a_large_store(
+    benchmark: Any, loop: asyncio.AbstractEventLoop
+) -> None:
+    core = cython_core()
+    keys = make_keys(LARGE)
+    store = store_on(core)
+    store._core.set_many([(k, 1) for k in keys], TTL)
+    plain = dict.fromkeys(keys, 1)
+    batch = KEYS // 2
+    rounds = iter(range(1, 100))
+
+    def fresh() -> list[str]:
+        # New keys spread over the whole key range, so each lands mid-index.
+        tag = next(rounds)
+        return shuffled([f"user:{i:07d}x{tag}" for i in range(0, LARGE, LARGE // batch)])
+
+    async def bare_set(key: str, value: Any) -> None:
+        plain[key] = value
+
+    def bare() -> None:
+        keys = fresh()
+
+        async def run() -> None:
+            for key in keys:
+                await bare_set(key, 1)
+
+        loop.run_until_complete(run())
+
+    def memkv() -> None:
+        keys = fresh()
+
+        async def run() -> None:
+            set_ = store.set
+            for key in keys:
+                await set_(key, 1, TTL)
+
+        loop.run_until_complete(run())
+
+    subject, baseline = paired(memkv, bare)
+    ops = batch / subject
+    record(
+        Figure(
+            f"awaited new-key set with TTL into a {LARGE:,}-key store",
+            rate(ops),
+            rate(batch / baseline),
+            f"{baseline / subject:.2f}x",
+            ">= 1 M/s",
+            ops >= 1_000_000,
+        )
+    )
+    assert_floor(batch, subject)
+    benchmark.extra_info["ops_per_second"] = ops
+    benchmark.pedantic(memkv, rounds=1)
+
+
+def test_scan_prefix_of_100_in_a_large_store(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, large_store: tuple[Any, dict[str, int]]
+) -> None:
+    store, plain = large_store
+    prefix = "user:00012"  # user:0001200 .. user:0001299
+
+    async def scan_once() -> list[str]:
+        return [key async for key in store.scan(prefix)]
+
+    assert len(loop.run_until_complete(scan_once())) == 100
+    repeats = 200
+
+    async def memkv() -> None:
+        for _ in range(repeats):
+            await scan_once()
+
+    def baseline() -> list[str]:
+        return [k for k in plain if k.startswith(prefix)]
+
+    subject, full = paired(runner(loop, memkv), baseline, rounds=3 if not GATE else 1)
+    per_scan = subject / repeats
+    speedup = full / per_scan
+    record(
+        Figure(
+            f"scan(prefix): 100 of {len(plain):,} keys",
+            f"{per_scan * 1e6:.1f} µs",
+            f"{full * 1e3:.0f} ms (list comprehension)",
+            f"{speedup:,.0f}x faster",
+            "<= 100 µs and >= 500x",
+            per_scan <= 100e-6 and speedup >= 500,
+        )
+    )
+    assert per_scan < 1e-3
+    benchmark.extra_info["speedup_vs_list_comprehension"] = speedup
+    benchmark.pedantic(runner(loop, scan_once), rounds=10)
+
+
+def test_get_many_of_100_keys(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
+    core = cython_core()
+    keys = make_keys(KEYS)
+    plain = dict.fromkeys(keys, 1)
+    store = store_on(core)
+    store._core.set_many([(k, 1) for k in keys], TTL)
+    batches = [shuffled(keys, seed)[:100] for seed in range(50)]
+    repeats = 20
+
+    async def bare_get_many(batch: list[str]) -> list[Any]:
+        return [plain.get(k) for k in batch]
+
+    async def bare() -> None:
+        for _ in range(repeats):
+            for batch in batches:
+                await bare_get_many(batch)
+
+    async def memkv() -> None:
+        get_many = store.get_many
+        for _ in range(repeats):
+            for batch in batches:
+                await get_many(batch)
+
+    subject, baseline = paired(runner(loop, memkv), runner(loop, bare))
+    looked_up = repeats * len(batches) * 100
+    keys_per_second = looked_up / subject
+    record(
+        Figure(
+            "awaited get_many of 100 keys",
+            f"{keys_per_second / 1e6:.1f} M keys/s",
+            f"{looked_up / baseline / 1e6:.1f} M keys/s (async dict comprehension)",
+            f"{baseline / subject:.2f}x",
+            ">= 10 M keys/s",
+            keys_per_second >= 10_000_000,
+        )
+    )
+    assert_floor(repeats * len(batches), subject)
+    benchmark.extra_info["keys_per_second"] = keys_per_second
+    benchmark.pedantic(runner(loop, memkv), rounds=1 if GATE else 3)
+
+
+# -- the two cores ---------------------------------------------------------------------
+
+
+@needs_cython
+@pytest.mark.parametrize("count", [10_000, KEYS])
+@pytest.mark.parametrize("operation", ["get", "set"])
+def test_cython_core_vs_python_core(benchmark: Any, operation: str, count: int) -> None:
+    keys = make_keys(count)
+    # Every burst makes KEYS calls, cycling over the working set of ``count`` keys.
+    order = (shuffled(keys) * (KEYS // count))[:KEYS]
+    cores = [module.LocalCore() for module in (core_c, core_py)]
+    for core in cores:
+        core.set_many([(k, 1) for k in keys], TTL)
+
+    def run(core: Any) -> Callable[[], None]:
+        if operation == "get":
+
+            def get() -> None:
+                fetch = core.get
+                for key in order:
+                    fetch(key)
+
+            return get
+
+        def set_() -> None:
+            store = core.set
+            for key in order:
+                store(key, 2, TTL)
+
+        return set_
+
+    fast, slow = paired(run(cores[0]), run(cores[1]), rounds=3 if not GATE else 1)
+    ratio = slow / fast
+    record(
+        Figure(
+            f"Cython core vs Python core: {operation} (sync, TTL, {count:,} keys)",
+            rate(KEYS / fast),
+            rate(KEYS / slow),
+            f"{ratio:.1f}x",
+            ">= 5x",
+            ratio >= 5,
+        )
+    )
+    assert_floor(KEYS, slow)
+    benchmark.extra_info["ratio_vs_python_core"] = ratio
+    benchmark.pedantic(run(cores[0]), rounds=1 if GATE else 3)
+
+
+# -- memory ------------------------------------------------------------------------------
+
+
+def traced(build: Callable[[], Any]) -> tuple[int, Any]:
+    """Bytes allocated by ``build`` that are still held, and what it built."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        built = build()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return after - before, built
+
+
+def test_memory_of_a_large_store_vs_a_plain_dict(benchmark: Any) -> None:
+    core = cython_core()
+    count = LARGE
+
+    def plain() -> dict[str, str]:
+        return {f"user:{i:07d}": f"value-{i:07d}" for i in range(count)}
+
+    def memkv() -> Any:
+        made = core.LocalCore()
+        store = made.set
+        for i in range(count):
+            store(f"user:{i:07d}", f"value-{i:07d}", TTL)
+        return made
+
+    baseline, kept_plain = traced(plain)
+    subject, kept_store = traced(memkv)
+    ratio = subject / baseline
+    record(
+        Figure(
+            f"memory, {count:,} entries with TTL (str keys and values)",
+            f"{subject / count:.0f} B/entry",
+            f"{baseline / count:.0f} B/entry (dict)",
+            f"{ratio:.2f}x",
+            "<= 2.0x",
+            ratio <= 2.0,
+        )
+    )
+    assert len(kept_store) == len(kept_plain)
+    benchmark.extra_info["ratio_vs_dict"] = ratio
+    benchmark.pedantic(lambda: None, rounds=1)
+
+
+def test_rewriting_one_key_keeps_memory_flat(benchmark: Any) -> None:
+    core = cython_core()
+    writes = LARGE
+    made = core.LocalCore()
+    made.set("hot", 0, TTL)
+
+    def rewrite() -> None:
+        store = made.set
+        for i in range(writes):
+            store("hot", i, TTL)
+
+    grown, _ = traced(rewrite)
+    record(
+        Figure(
+            f"rewrite one key with TTL {writes:,} times",
+            f"{grown:+,} B held after",
+            f"heap size {made._heap_size()}",
+            "",
+            "flat",
+            grown < 64 * 1024,
+        )
+    )
+    assert made._heap_size() == 1
+    assert grown < 1024 * 1024
+    benchmark.pedantic(rewrite, rounds=1)
+
+
+# -- pauses --------------------------------------------------------------------------------
+
+
+def stall_run(operations: int, calls: list[Callable[[int, str], Any]]) -> list[float]:
+    """Seconds taken by each of ``operations`` single calls, cycling through ``calls``."""
+    rng = random.Random(5)
+    perf = time.perf_counter
+    took = []
+    for i in range(operations):
+        key = f"user:{rng.randrange(LARGE):07d}"
+        call = calls[i % len(calls)]
+        start = perf()
+        call(i, key)
+        took.append(perf() - start)
+    return took
+
+
+def test_worst_stall_when_a_large_store_expires_at_once(benchmark: Any) -> None:
+    core = cython_core()
+    clock = FakeClock()
+    made = core.LocalCore(None, clock)
+    made.set_many([(k, 1) for k in make_keys(LARGE)], 1)
+    clock.now += 2  # every entry has expired
+    plain = dict.fromkeys(make_keys(LARGE), 1)
+    operations = 50_000
+    # The same loop over a plain dict: its worst call is this machine's noise floor
+    # (preemption, page faults), which a single slow call of the store may just be.
+    floor = stall_run(
+        operations,
+        [
+            lambda i, key: plain.__setitem__(f"new:{i}", i),
+            lambda i, key: plain.get(key),
+            lambda i, key: key in plain,
+            lambda i, key: plain.__setitem__(key, i),
+        ],
+    )
+    took = stall_run(
+        operations,
+        [
+            lambda i, key: made.set(f"new:{i}", i, 60),
+            lambda i, key: made.get(key),
+            lambda i, key: made.exists(key),
+            lambda i, key: made.set(key, i, 60),
+        ],
+    )
+    took.sort()
+    floor.sort()
+    worst = took[-1]
+    record(
+        Figure(
+            f"worst single operation after {LARGE:,} entries expire at once",
+            f"{worst * 1e3:.3f} ms (p99.9 {took[int(operations * 0.999)] * 1e6:.1f} µs)",
+            f"dict, same loop: worst {floor[-1] * 1e3:.3f} ms",
+            "",
+            "< 2 ms",
+            worst < 2e-3,
+        )
+    )
+    assert_floor(operations, sum(took))
+    made._check()
+    benchmark.pedantic(made.purge_expired, rounds=1)
+
+
+def test_full_gc_collect_with_a_large_store(benchmark: Any) -> None:
+    core = cython_core()
+    keys = make_keys(LARGE)
+    plain = {k: f"v{k}" for k in keys}
+
+    def best_collect() -> float:
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            gc.collect()
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    baseline = best_collect()
+    times = {}
+    for name, module in (("cython", core), ("python", core_py)):
+        made = module.LocalCore()
+        made.set_many(list(plain.items()), TTL)
+        times[name] = best_collect()
+        del made
+    baseline = min(baseline, best_collect())
+    # The Python core's entries (slotted objects) are all tracked by the cyclic GC; the
+    # Cython core's entries holding atomic values are not, like CPython's own tuples.
+    added = {name: max(took - baseline, 0.0) for name, took in times.items()}
+    record(
+        Figure(
+            f"full gc.collect() with {LARGE:,} entries (str values)",
+            f"{times['cython'] * 1e3:.1f} ms (+{added['cython'] * 1e3:.1f} ms)",
+            f"{baseline * 1e3:.1f} ms without a store; Python core "
+            f"{times['python'] * 1e3:.0f} ms (+{added['python'] * 1e3:.0f} ms)",
+            "",
+            "measure",
+            None,
+        )
+    )
+    assert times["cython"] < 1.0
+    benchmark.pedantic(gc.collect, rounds=1)

@@ -1,0 +1,155 @@
+"""Value codecs for ``RedisMemoryStore``: MessagePack (default), JSON, pickle, or your own.
+
+A codec turns a value into ``bytes`` and back. ``"msgpack"`` and ``"json"`` run on
+msgspec and round-trip JSON-like data (``None``, ``bool``, ``int``, ``float``, ``str``,
+lists and dicts with ``str`` keys; tuples and sets come back as lists). msgpack also
+keeps ``bytes`` and ``datetime``. ``"pickle"`` keeps any picklable Python object but is
+**unsafe on a shared server**: whoever can write to the server can make every reader run
+code. It is used only when asked for by name. Any object with ``encode(value) -> bytes``
+and ``decode(data) -> value`` is a codec too.
+
+>>> codec = resolve_codec("json")
+>>> codec.decode(codec.encode({"a": [1, 2]}))
+{'a': [1, 2]}
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any, Protocol, runtime_checkable
+
+import msgspec
+
+from memkv.errors import CodecError, InvalidArgumentError
+
+__all__ = [
+    "CODEC_IDS",
+    "Codec",
+    "JsonCodec",
+    "MsgpackCodec",
+    "PickleCodec",
+    "codec_id",
+    "codec_name",
+    "encode_value",
+    "resolve_codec",
+]
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """What ``RedisMemoryStore`` needs from a codec.
+
+    ``encode`` may raise any exception for a value it cannot encode; the store reports
+    it as ``CodecError`` and writes nothing. ``decode`` gets exactly the bytes that
+    ``encode`` returned.
+    """
+
+    def encode(self, value: Any) -> bytes: ...
+
+    def decode(self, data: bytes) -> Any: ...
+
+
+class MsgpackCodec:
+    """MessagePack through msgspec: compact and fast (the default)."""
+
+    name = "msgpack"
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder()
+        self.encode = self._encoder.encode
+        self.decode = self._decoder.decode
+
+    def __repr__(self) -> str:
+        return "MsgpackCodec()"
+
+
+class JsonCodec:
+    """JSON through msgspec: readable with any tool (``bytes`` come back as base64 str)."""
+
+    name = "json"
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.json.Encoder()
+        self._decoder = msgspec.json.Decoder()
+        self.encode = self._encoder.encode
+        self.decode = self._decoder.decode
+
+    def __repr__(self) -> str:
+        return "JsonCodec()"
+
+
+class PickleCodec:
+    """pickle at the highest protocol. Unsafe on a shared server: decoding runs code."""
+
+    name = "pickle"
+
+    def encode(self, value: Any) -> bytes:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def decode(self, data: bytes) -> Any:
+        return pickle.loads(data)
+
+    def __repr__(self) -> str:
+        return "PickleCodec()"
+
+
+_BY_NAME: dict[str, type[MsgpackCodec | JsonCodec | PickleCodec]] = {
+    "msgpack": MsgpackCodec,
+    "json": JsonCodec,
+    "pickle": PickleCodec,
+}
+
+#: The codec id a memkv envelope records (0: a codec of your own).
+CODEC_IDS: dict[type[Any], int] = {MsgpackCodec: 1, JsonCodec: 2, PickleCodec: 3}
+
+
+def resolve_codec(codec: str | Codec) -> Codec:
+    """Return the codec named ``"msgpack"``, ``"json"`` or ``"pickle"``, or ``codec`` itself.
+
+    Anything else raises ``InvalidArgumentError`` (a ``ValueError``).
+    """
+    if isinstance(codec, str):
+        try:
+            return _BY_NAME[codec]()
+        except KeyError:
+            raise InvalidArgumentError(
+                f"unknown codec {codec!r}; expected 'msgpack', 'json', 'pickle' "
+                "or an object with encode() and decode()"
+            ) from None
+    if callable(getattr(codec, "encode", None)) and callable(getattr(codec, "decode", None)):
+        return codec
+    raise InvalidArgumentError(
+        f"a codec must be a name or an object with encode() and decode(), "
+        f"not {type(codec).__name__}"
+    )
+
+
+def codec_id(codec: Codec) -> int:
+    """The id recorded in envelopes for ``codec`` (0 for a codec of your own)."""
+    return CODEC_IDS.get(type(codec), 0)
+
+
+def codec_name(codec: Codec) -> str:
+    """A short name for messages: the built-in name, else the codec's type name."""
+    name = getattr(codec, "name", None) if type(codec) in CODEC_IDS else None
+    return name if isinstance(name, str) else type(codec).__name__
+
+
+def encode_value(codec: Codec, value: Any) -> bytes:
+    """``codec.encode(value)`` as ``bytes``, or ``CodecError`` (the value is never echoed)."""
+    try:
+        data = codec.encode(value)
+    except Exception as err:
+        raise CodecError(
+            f"the {codec_name(codec)} codec cannot encode a value of type "
+            f"{type(value).__name__}: {type(err).__name__}"
+            + (f": {err}" if isinstance(err, (TypeError, msgspec.EncodeError)) else "")
+        ) from err
+    if type(data) is not bytes:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise CodecError(
+                f"the {codec_name(codec)} codec returned {type(data).__name__}, not bytes"
+            )
+        data = bytes(data)
+    return data

@@ -1,0 +1,94 @@
+"""The value codecs of memkv.codecs, without a server."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+
+pytest.importorskip("msgspec")
+
+from memkv.codecs import (
+    JsonCodec,
+    MsgpackCodec,
+    PickleCodec,
+    codec_id,
+    codec_name,
+    encode_value,
+    resolve_codec,
+)
+from memkv.errors import CodecError, InvalidArgumentError
+
+
+@pytest.mark.parametrize(
+    ("name", "codec_type", "number"),
+    [("msgpack", MsgpackCodec, 1), ("json", JsonCodec, 2), ("pickle", PickleCodec, 3)],
+)
+def test_codecs_by_name(name: str, codec_type: type[Any], number: int) -> None:
+    codec = resolve_codec(name)
+    assert type(codec) is codec_type
+    assert codec_id(codec) == number
+    assert codec_name(codec) == name
+    value = {"a": [1, 2.5, None, True], "b": "text"}
+    assert codec.decode(encode_value(codec, value)) == value
+
+
+def test_msgpack_keeps_bytes_and_datetimes() -> None:
+    codec = resolve_codec("msgpack")
+    when = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    assert codec.decode(encode_value(codec, {"raw": b"\x00\xff", "when": when})) == {
+        "raw": b"\x00\xff",
+        "when": when,
+    }
+
+
+def test_unknown_codec_name_and_non_codecs_are_invalid_arguments() -> None:
+    with pytest.raises(InvalidArgumentError, match="yaml"):
+        resolve_codec("yaml")
+    with pytest.raises(InvalidArgumentError, match="int"):
+        resolve_codec(42)  # type: ignore[arg-type]
+
+
+def test_a_codec_of_your_own_has_id_zero() -> None:
+    class Text:
+        def encode(self, value: Any) -> bytes:
+            return str(value).encode()
+
+        def decode(self, data: bytes) -> Any:
+            return data.decode()
+
+    codec = Text()
+    assert resolve_codec(codec) is codec
+    assert codec_id(codec) == 0
+    assert codec_name(codec) == "Text"
+
+
+def test_unencodable_value_is_a_codec_error_that_does_not_echo_the_value() -> None:
+    class Secret:
+        def __repr__(self) -> str:
+            return "hunter2"
+
+    for name in ("msgpack", "json", "pickle"):
+        with pytest.raises(CodecError) as info:
+            encode_value(resolve_codec(name), {"x": Secret(), "f": lambda: None})
+        assert isinstance(info.value, TypeError)
+        assert "hunter2" not in str(info.value)
+
+
+def test_a_codec_returning_something_else_than_bytes_is_refused() -> None:
+    class Wrong:
+        def encode(self, value: Any) -> Any:
+            return "text, not bytes"
+
+        def decode(self, data: bytes) -> Any:
+            return data
+
+    with pytest.raises(CodecError, match="str, not bytes"):
+        encode_value(Wrong(), 1)
+
+    class Buffer(Wrong):
+        def encode(self, value: Any) -> Any:
+            return bytearray(b"ok")
+
+    assert encode_value(Buffer(), 1) == b"ok"

@@ -1,0 +1,640 @@
+"""RedisMemoryStore beyond the shared contract: outages, access, codecs, envelopes, URLs.
+
+Every test here runs against real servers started by ``tests/redis_servers.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+import struct
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from memkv import open_store
+from memkv.errors import (
+    AccessDeniedError,
+    BackendError,
+    BackendUnavailableError,
+    CodecError,
+    InvalidArgumentError,
+    InvalidTTLError,
+)
+from memkv.redis import ENVELOPE_HEADER, RedisMemoryStore
+from tests.redis_servers import RedisServer, unique_namespace
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisMemoryStore[Any]]:
+    async with RedisMemoryStore(redis_url, namespace=unique_namespace()) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def cluster_store(cluster_url: str) -> AsyncIterator[RedisMemoryStore[Any]]:
+    async with RedisMemoryStore(cluster_url, namespace=unique_namespace()) as opened:
+        yield opened
+
+
+def _messages(error: BaseException) -> str:
+    """The text of an error and of every error chained to it."""
+    texts = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        texts.append(f"{current!r} {current}")
+        current = current.__cause__ or current.__context__
+    return "\n".join(texts)
+
+
+# -- outages -------------------------------------------------------------------------------
+
+
+async def test_killed_server_raises_unavailable_then_the_same_store_recovers(
+    redis_server: RedisServer,
+) -> None:
+    budget = 2.0  # 3 attempts, refused at once, plus at most 0.15 s of backoff
+    store: RedisMemoryStore[Any] = RedisMemoryStore(
+        redis_server.url, namespace="outage", socket_timeout=0.5, connect_timeout=0.5, retries=2
+    )
+    async with store:
+        await store.set("before", 1)
+        failures: list[tuple[BaseException, float]] = []
+        killed = asyncio.Event()
+        killed_at = 0.0
+
+        async def worker(index: int) -> None:
+            while True:
+                try:
+                    await store.set(f"w{index}", index)
+                    await store.get(f"w{index}")
+                except BackendUnavailableError as err:
+                    failures.append((err, time.monotonic() - killed_at))
+                    return
+                if killed.is_set():
+                    await asyncio.sleep(0)
+
+        workers = [asyncio.create_task(worker(index)) for index in range(10)]
+        await asyncio.sleep(0.05)
+        killed_at = time.monotonic()
+        redis_server.kill()
+        killed.set()
+        await asyncio.wait_for(asyncio.gather(*workers), timeout=budget + 1)
+        assert len(failures) == 10
+        assert all(isinstance(err.__cause__, Exception) for err, _ in failures)
+        assert max(elapsed for _, elapsed in failures) < budget
+        assert f"127.0.0.1:{redis_server.port}" in str(failures[0][0])
+
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailableError):
+            await store.get("before")
+        assert time.monotonic() - started < budget
+
+        redis_server.start()  # same port, empty: nothing was persisted
+        await store.set("after", 2)
+        entry = await store.get("after")
+        assert entry is not None
+        assert entry.value == 2
+        assert await store.get_many(["after", "before"]) == [entry, None]
+
+
+async def test_hung_server_raises_unavailable_within_the_timeouts(
+    redis_server: RedisServer,
+) -> None:
+    # SIGSTOP: the kernel still accepts connections but nothing answers.
+    store: RedisMemoryStore[Any] = RedisMemoryStore(
+        redis_server.url, namespace="hung", socket_timeout=0.3, connect_timeout=0.3, retries=1
+    )
+    async with store:
+        await store.set("k", 1)
+        assert redis_server.process is not None
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailableError):
+                await store.get("k")
+            elapsed = time.monotonic() - started
+            assert elapsed < 2 * (0.3 + 0.3) + 0.5
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        entry = await store.get("k")
+        assert entry is not None
+        assert entry.value == 1
+
+
+async def test_unreachable_server_at_construction_fails_on_first_use_not_before() -> None:
+    from tests.redis_servers import free_port
+
+    store: RedisMemoryStore[Any] = RedisMemoryStore(
+        f"redis://127.0.0.1:{free_port()}/0?retries=1&connect_timeout=0.2"
+    )
+    async with store:
+        with pytest.raises(BackendUnavailableError) as info:
+            await store.exists("k")
+        assert isinstance(info.value, ConnectionError)
+
+
+# -- access ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def password_server(tmp_path: Any, redis_binary: str) -> Any:
+    server = RedisServer(redis_binary, tmp_path / "auth", password="correct-horse-7")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_wrong_password_is_access_denied_naming_the_server_not_the_password(
+    password_server: RedisServer,
+) -> None:
+    port = password_server.port
+    url = f"redis://:wrong-battery-9@127.0.0.1:{port}/0"
+    async with RedisMemoryStore(url) as store:
+        started = time.monotonic()
+        with pytest.raises(AccessDeniedError) as info:
+            await store.get("k")
+        assert time.monotonic() - started < 0.5  # refused credentials are not retried
+    assert isinstance(info.value, PermissionError)
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert "wrong-battery-9" not in _messages(info.value)
+    assert "wrong-battery-9" not in repr(store)
+
+    async with RedisMemoryStore(f"redis://127.0.0.1:{port}/0") as anonymous:
+        with pytest.raises(AccessDeniedError):
+            await anonymous.set("k", 1)
+
+    async with RedisMemoryStore(password_server.url) as allowed:
+        await allowed.set("k", 1)
+        assert await allowed.exists("k")
+
+
+async def test_acl_refusal_is_access_denied(password_server: RedisServer) -> None:
+    async with RedisMemoryStore(password_server.url) as admin:
+        await admin.client.execute_command(
+            "ACL", "SETUSER", "app", "on", ">app-pw", "~app:*", "+@all"
+        )
+    url = f"redis://app:app-pw@127.0.0.1:{password_server.port}/0"
+    async with RedisMemoryStore(url, namespace="app") as own:
+        await own.set("k", 1)
+        assert await own.exists("k")
+    async with RedisMemoryStore(url, namespace="other") as foreign:
+        with pytest.raises(AccessDeniedError) as info:
+            await foreign.set("k", 1)
+    assert "app-pw" not in _messages(info.value)
+
+
+# -- codecs and envelopes -------------------------------------------------------------------
+
+
+async def test_unencodable_value_raises_codec_error_and_writes_nothing(
+    store: RedisMemoryStore[Any],
+) -> None:
+    with pytest.raises(CodecError) as info:
+        await store.set("k", object())
+    assert isinstance(info.value, TypeError)
+    assert await store.get("k") is None
+
+    with pytest.raises(CodecError):
+        await store.set_many({"a": 1, "b": {1, object()}})
+    assert await store.get_many(["a", "b"]) == [None, None]
+
+    with pytest.raises(CodecError):
+        await store.set("m", 1, metadata={"when": object()})
+    assert await store.get("m") is None
+
+
+async def test_custom_codec_and_its_failures(redis_url: str) -> None:
+    class Upper:
+        def encode(self, value: Any) -> bytes:
+            if not isinstance(value, str):
+                raise ValueError("strings only")
+            return value.upper().encode()
+
+        def decode(self, data: bytes) -> Any:
+            return data.decode()
+
+    async with RedisMemoryStore(redis_url, namespace=unique_namespace(), codec=Upper()) as store:
+        await store.set("k", "hello")
+        entry = await store.get("k")
+        assert entry is not None
+        assert entry.value == "HELLO"
+        with pytest.raises(CodecError):
+            await store.set("n", 5)
+        assert await store.get("n") is None
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json", "pickle"])
+async def test_builtin_codecs_round_trip(redis_url: str, codec: str) -> None:
+    value = {"name": "Ada", "tags": ["a", "b"], "n": 3, "f": 1.5, "none": None}
+    async with RedisMemoryStore(redis_url, namespace=unique_namespace(), codec=codec) as store:
+        await store.set("k", value, metadata={"source": "test", "n": [1, 2]})
+        entry = await store.get("k")
+    assert entry is not None
+    assert entry.value == value
+    assert entry.metadata == {"source": "test", "n": [1, 2]}
+
+
+async def test_bytes_that_are_not_an_envelope_raise_codec_error_naming_the_key(
+    store: RedisMemoryStore[Any],
+) -> None:
+    secret = b"top-secret-value-1234567890-top-secret-value-1234567890"
+    raw_key = f"{store.namespace}:raw".encode()
+    await store.client.set(raw_key, secret)
+    with pytest.raises(CodecError) as info:
+        await store.get("raw")
+    assert "'raw'" in str(info.value)
+    assert "top-secret" not in _messages(info.value)
+    with pytest.raises(CodecError):
+        await store.get_many(["raw"])
+
+    # A valid header with a payload the codec cannot read: still named, never echoed.
+    header = ENVELOPE_HEADER.pack(b"MKV", 1, 1.0, 1.0, 0.0, 1, 0)
+    await store.client.set(raw_key, header + b"\xc1" + secret)
+    with pytest.raises(CodecError) as info:
+        await store.get("raw")
+    assert "'raw'" in str(info.value)
+    assert "top-secret" not in _messages(info.value)
+
+
+async def test_an_envelope_written_with_another_codec_is_refused(redis_url: str) -> None:
+    namespace = unique_namespace()
+    async with RedisMemoryStore(redis_url, namespace=namespace, codec="json") as writer:
+        await writer.set("k", [1, 2])
+    async with RedisMemoryStore(redis_url, namespace=namespace) as reader:
+        with pytest.raises(CodecError, match="json"):
+            await reader.get("k")
+
+
+async def test_envelope_matches_the_documented_format(store: RedisMemoryStore[Any]) -> None:
+    before = time.time()
+    await store.set("doc", [1, "two"], ttl=60, metadata={"m": 1})
+    data = await store.client.get(f"{store.namespace}:doc".encode())
+    magic, version, created, updated, expires, codec, meta_len = struct.unpack_from(
+        ">3sBdddBI", data
+    )
+    assert (magic, version, codec) == (b"MKV", 1, 1)
+    assert before <= created == updated <= time.time()
+    assert expires == pytest.approx(created + 60)
+    import msgspec
+
+    assert msgspec.msgpack.decode(data[33 : 33 + meta_len]) == {"m": 1}
+    assert msgspec.msgpack.decode(data[33 + meta_len :]) == [1, "two"]
+    pttl = await store.client.pttl(f"{store.namespace}:doc".encode())
+    assert 59_000 < pttl <= 60_000
+
+
+async def test_overwrite_keeps_created_at_under_concurrent_writers(redis_url: str) -> None:
+    namespace = unique_namespace()
+    first: RedisMemoryStore[Any] = RedisMemoryStore(redis_url, namespace=namespace)
+    second: RedisMemoryStore[Any] = RedisMemoryStore(redis_url, namespace=namespace)
+    async with first, second:
+        await first.set("k", 0)
+        original = await first.get("k")
+        assert original is not None
+        await asyncio.gather(
+            *(
+                (first if index % 2 else second).set("k", index, ttl=30 if index % 3 else None)
+                for index in range(200)
+            )
+        )
+        entry = await second.get("k")
+    assert entry is not None
+    assert entry.created_at == original.created_at
+    assert entry.updated_at > original.updated_at
+
+
+async def test_script_cache_flush_is_survived(store: RedisMemoryStore[Any]) -> None:
+    await store.set("a", 1)
+    await store.client.script_flush()
+    await store.set("a", 2)
+    await store.client.script_flush()
+    await store.set_many({"a": 3, "b": 4})
+    assert [entry.value for entry in await store.get_many(["a", "b"]) if entry] == [3, 4]
+
+
+async def test_sub_millisecond_ttl_rounds_up_and_huge_ttl_is_refused(
+    store: RedisMemoryStore[Any],
+) -> None:
+    _, px = store._envelope(1, None, time.time(), 0.0001)
+    assert px == 1
+    await store.set("short", 1, ttl=0.0001)
+    await asyncio.sleep(0.01)
+    assert await store.get("short") is None
+    with pytest.raises(InvalidTTLError):
+        await store.set("huge", 1, ttl=1e300)
+
+
+async def test_an_error_reply_is_a_backend_error(store: RedisMemoryStore[Any]) -> None:
+    await store.client.hset(f"{store.namespace}:hash".encode(), "field", "value")
+    with pytest.raises(BackendError, match="WRONGTYPE"):
+        await store.get("hash")
+
+
+# -- namespaces and prefixes ----------------------------------------------------------------
+
+
+async def test_namespaces_are_isolated(redis_url: str) -> None:
+    base = unique_namespace()
+    first: RedisMemoryStore[Any] = RedisMemoryStore(redis_url, namespace=base + "-a")
+    second: RedisMemoryStore[Any] = RedisMemoryStore(redis_url, namespace=base + "-b")
+    async with first, second:
+        await first.set_many({"k": 1, "x": 2})
+        await second.set("k", 3)
+        assert sorted([key async for key in first.scan()]) == ["k", "x"]
+        assert [key async for key in second.scan()] == ["k"]
+        assert await first.clear() == 2
+        entry = await second.get("k")
+        assert entry is not None
+        assert entry.value == 3
+
+
+@pytest.mark.parametrize("namespace", ["ns*", "ns?", "ns[ab]", "ns\\", "n]s"])
+async def test_glob_characters_in_the_namespace_and_prefix_are_literal(
+    redis_url: str, namespace: str
+) -> None:
+    marker = unique_namespace()
+    literal: RedisMemoryStore[Any] = RedisMemoryStore(redis_url, namespace=marker + namespace)
+    lookalike: RedisMemoryStore[Any] = RedisMemoryStore(redis_url, namespace=marker + "nsa")
+    async with literal, lookalike:
+        await literal.set_many({"a*b": 1, "a?b": 2, "a[b]": 3, "axb": 4, "a\\b": 5})
+        await lookalike.set_many({"a*b": 6, "other": 7})
+        assert [key async for key in literal.scan("a*")] == ["a*b"]
+        assert [key async for key in literal.scan("a[")] == ["a[b]"]
+        assert [key async for key in literal.scan("a\\")] == ["a\\b"]
+        assert await literal.clear("a?") == 1
+        assert len([key async for key in literal.scan()]) == 4
+        assert sorted([key async for key in lookalike.scan()]) == ["a*b", "other"]
+        assert await literal.clear() == 4
+        assert sorted([key async for key in lookalike.scan()]) == ["a*b", "other"]
+        await lookalike.clear()
+
+
+async def test_foreign_keys_that_are_not_utf8_are_skipped_by_scan(
+    store: RedisMemoryStore[Any],
+) -> None:
+    await store.set("mine", 1)
+    await store.client.set(store.namespace.encode() + b":\xff\xfe", b"x")
+    assert [key async for key in store.scan()] == ["mine"]
+    assert await store.clear() == 2
+
+
+# -- cluster ----------------------------------------------------------------------------------
+
+
+async def test_cluster_scan_and_clear_cover_every_primary(
+    cluster_store: RedisMemoryStore[Any],
+) -> None:
+    keys = [f"user:{index}" for index in range(300)]
+    await cluster_store.set_many({key: index for index, key in enumerate(keys)}, ttl=60)
+    cluster = cluster_store.client
+    match = f"{cluster_store.namespace}:*".encode()
+    primaries = cluster.get_primaries()  # type: ignore[union-attr]
+    assert len(primaries) == 3
+    per_node = []
+    for node in primaries:
+        found = 0
+        cursor = 0
+        while True:
+            cursor, page = await node.execute_command("SCAN", cursor, "MATCH", match, "COUNT", 100)
+            found += len(page)
+            if not int(cursor):
+                break
+        per_node.append(found)
+    assert all(count > 0 for count in per_node)
+    assert sum(per_node) == 300
+
+    assert sorted([key async for key in cluster_store.scan("user:", batch_size=7)]) == sorted(keys)
+    entries = await cluster_store.get_many(keys)
+    assert [entry.value for entry in entries if entry] == list(range(300))
+    assert await cluster_store.delete_many(keys[:10]) == 10
+    # user:1x and user:1xx; user:1 went with the first ten.
+    assert await cluster_store.clear("user:1") == 10 + 100
+    assert await cluster_store.clear() == 300 - 10 - 110
+    assert [key async for key in cluster_store.scan()] == []
+
+
+async def test_cluster_node_outage_fails_fast_and_recovers(
+    tmp_path: Any, redis_binary: str
+) -> None:
+    from tests.redis_servers import start_cluster
+
+    servers = start_cluster(redis_binary, tmp_path / "cluster")
+    try:
+        url = f"redis+cluster://127.0.0.1:{servers[0].port}?retries=2&connect_timeout=0.5"
+        async with RedisMemoryStore(url, namespace="outage") as store:
+            keys = [f"k{index}" for index in range(30)]
+            await store.set_many(dict.fromkeys(keys, 1))
+            victim = servers[1]
+            cluster = store.client
+            on_victim = [
+                key
+                for key in keys
+                if cluster.get_node_from_key(f"outage:{key}").port == victim.port  # type: ignore[union-attr]
+            ]
+            elsewhere = next(key for key in keys if key not in on_victim)
+            victim.kill()
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailableError, match="Redis Cluster at"):
+                await store.get(on_victim[0])
+            with pytest.raises(BackendUnavailableError):
+                [key async for key in store.scan()]
+            assert time.monotonic() - started < 3.0
+            entry = await store.get(elsewhere)  # the other primaries still serve
+            assert entry is not None
+
+            victim.start()  # same port and nodes.conf: it takes its slots back
+            for _ in range(40):
+                try:
+                    await store.set(on_victim[0], 2)
+                    break
+                except BackendUnavailableError:
+                    await asyncio.sleep(0.1)
+            entry = await store.get(on_victim[0])
+            assert entry is not None
+            assert entry.value == 2
+    finally:
+        for server in servers:
+            server.stop()
+
+
+# -- URLs and construction -----------------------------------------------------------------
+
+
+def test_unknown_url_parameter_is_named_and_the_password_is_not() -> None:
+    with pytest.raises(InvalidArgumentError, match="'colour'") as info:
+        RedisMemoryStore.from_url("redis://:hunter2@localhost:6379/0?colour=blue")
+    assert isinstance(info.value, ValueError)
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("redis://localhost/0?socket_timeout=-1", "socket_timeout"),
+        ("redis://localhost/0?retries=many", "retries"),
+        ("redis://localhost/0?pool_size=0", "pool_size"),
+        ("redis://localhost/0?codec=yaml", "yaml"),
+        ("redis://localhost/zero", "database"),
+        ("redis+cluster://localhost:7000/2", "database 0"),
+        ("redis://localhost/0?ssl_cert_reqs=none", "rediss"),
+        ("redis://localhost/0?namespace=", "namespace"),
+        ("mongodb://localhost", "scheme"),
+    ],
+)
+def test_bad_url_parameters_are_invalid_arguments(url: str, named: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=named):
+        RedisMemoryStore.from_url(url)
+
+
+async def test_url_parameters_configure_the_store(redis_url: str) -> None:
+    url = f"{redis_url}?namespace=fromurl&codec=json&socket_timeout=1.5&pool_size=4&retries=1"
+    store = open_store(url)
+    assert isinstance(store, RedisMemoryStore)
+    async with store:
+        assert store.namespace == "fromurl"
+        assert "json" in repr(store)
+        kwargs = store.client.connection_pool.connection_kwargs  # type: ignore[union-attr]
+        assert kwargs["socket_timeout"] == 1.5
+        assert store.client.connection_pool.max_connections == 4  # type: ignore[union-attr]
+        await store.set("k", 1)
+        await store.clear()
+    async with RedisMemoryStore.from_url(url, namespace="override") as overridden:
+        assert overridden.namespace == "override"
+
+
+async def test_rediss_url_uses_tls() -> None:
+    from redis.asyncio.connection import SSLConnection
+
+    store = RedisMemoryStore.from_url("rediss://user:pw@example.invalid:6380/1?ssl_cert_reqs=none")
+    async with store:
+        pool = store.client.connection_pool  # type: ignore[union-attr]
+        assert pool.connection_class is SSLConnection
+        assert pool.connection_kwargs["db"] == 1
+        assert "pw" not in repr(store)
+
+
+async def test_an_existing_client_is_used_and_left_open(redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_url.split("?")[0])
+    try:
+        async with RedisMemoryStore(client, namespace=unique_namespace()) as store:
+            await store.set("k", 1)
+            assert await store.exists("k")
+            await store.clear()
+        assert await client.ping()
+        with pytest.raises(InvalidArgumentError, match="socket_timeout"):
+            RedisMemoryStore(client, socket_timeout=1)
+    finally:
+        await client.aclose()
+    decoding = Redis.from_url(redis_url.split("?")[0], decode_responses=True)
+    with pytest.raises(InvalidArgumentError, match="decode_responses"):
+        RedisMemoryStore(decoding)
+    await decoding.aclose()
+
+
+def test_import_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.delitem(sys.modules, "memkv.redis")
+    with pytest.raises(ImportError, match=r'pip install "memkv\[redis\]"'):
+        importlib.import_module("memkv.redis")
+    monkeypatch.delitem(sys.modules, "memkv.redis", raising=False)
+
+
+async def test_unix_socket_url(tmp_path: Any, redis_binary: str) -> None:
+    socket_path = tmp_path / "redis.sock"
+    server = RedisServer(redis_binary, tmp_path / "unix", args=["--unixsocket", str(socket_path)])
+    server.start()
+    try:
+        async with open_store(f"unix://{socket_path}?namespace=sock&db=1") as store:
+            await store.set("k", 1)
+            entry = await store.get("k")
+            assert entry is not None
+            assert entry.value == 1
+            assert str(socket_path) in repr(store)
+    finally:
+        server.stop()
+
+
+async def test_bounded_pool_serves_more_tasks_than_connections(redis_url: str) -> None:
+    async with RedisMemoryStore(
+        redis_url, namespace=unique_namespace(), max_connections=2
+    ) as store:
+        await asyncio.gather(*(store.set(f"k{index}", index) for index in range(50)))
+        entries = await asyncio.gather(*(store.get(f"k{index}") for index in range(50)))
+        assert [entry.value for entry in entries if entry] == list(range(50))
+        await store.clear()
+
+
+@pytest.fixture
+def tls_server(tmp_path: Any, redis_binary: str) -> Any:
+    import shutil
+    import subprocess
+
+    from tests.redis_servers import free_port
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    directory = tmp_path / "tls"
+    directory.mkdir()
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", "key.pem", "-out", "cert.pem", "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        cwd=directory,
+        check=True,
+        capture_output=True,
+    )
+    tls_port = free_port()
+    server = RedisServer(
+        redis_binary,
+        directory,
+        args=[
+            *("--tls-port", str(tls_port), "--tls-auth-clients", "no"),
+            *("--tls-cert-file", "cert.pem", "--tls-key-file", "key.pem"),
+        ],
+    )
+    try:
+        server.start()
+    except RuntimeError:
+        pytest.skip(f"{redis_binary} was built without TLS")
+    yield tls_port, directory / "cert.pem"
+    server.stop()
+
+
+async def test_rediss_url_talks_tls_and_checks_the_certificate(tls_server: Any) -> None:
+    port, cert = tls_server
+    url = f"rediss://127.0.0.1:{port}/0?namespace=tls&ssl_ca_certs={cert}"
+    async with RedisMemoryStore.from_url(url) as store:
+        await store.set("k", "secret")
+        entry = await store.get("k")
+        assert entry is not None
+        assert entry.value == "secret"
+    async with RedisMemoryStore.from_url(f"rediss://127.0.0.1:{port}/0?retries=0") as untrusted:
+        with pytest.raises(BackendUnavailableError):
+            await untrusted.get("k")
+
+
+async def test_an_existing_cluster_client_is_used(cluster_url: str) -> None:
+    from redis.asyncio.cluster import RedisCluster
+
+    client = RedisCluster.from_url(cluster_url.replace("+cluster", "").split("?")[0])
+    try:
+        async with RedisMemoryStore(client, namespace=unique_namespace()) as store:
+            assert repr(store).startswith("RedisMemoryStore(cluster ")
+            await store.set_many({f"k{index}": index for index in range(20)})
+            assert len([key async for key in store.scan()]) == 20
+            assert await store.clear() == 20
+    finally:
+        await client.aclose()
