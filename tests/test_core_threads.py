@@ -16,10 +16,14 @@ from typing import Any
 
 import pytest
 
+from memkv import _core_py
+from memkv.errors import ReentrantCallError
 from tests.conftest import FakeClock, core_module
 
 THREADS = 8
 OPERATIONS = 3000
+#: Calls the pure-Python core refused from a finalizer run mid-operation.
+REFUSED: list[int] = []
 
 
 class CallsBack:
@@ -43,7 +47,13 @@ class Cycle:
         self.me = self
 
     def __del__(self) -> None:
-        self.core.delete("callback")
+        try:
+            self.core.delete("callback")
+        except ReentrantCallError:
+            # Only the pure-Python core refuses a call from a finalizer that the
+            # cyclic GC runs in the middle of one of its operations.
+            assert isinstance(self.core, _core_py.LocalCore)
+            REFUSED.append(1)
 
 
 @pytest.fixture
@@ -117,10 +127,10 @@ def test_threads_hammering_one_core_keep_it_consistent(
 ) -> None:
     module = core_module(core)
     made: Callable[[], float] | None = FakeClock() if clock == "fake" else None
-    # The pure-Python core holds a threading.Lock while it allocates, and a collection
-    # triggered there runs Cycle.__del__, which calls the core: a self-deadlock. Only
-    # the Cython core promises to survive finalizers run by the cyclic GC.
-    run_threads(module.LocalCore(max_entries, made), cycles=core == "cython")
+    # A collection triggered inside a pure-Python core operation runs Cycle.__del__,
+    # which calls the core: that core refuses with ReentrantCallError (no deadlock);
+    # the Cython core serves it.
+    run_threads(module.LocalCore(max_entries, made), cycles=True)
 
 
 @pytest.mark.usefixtures("fast_switching")
@@ -142,3 +152,28 @@ def test_values_released_in_a_callback_cascade(core: str) -> None:
     store.clear()
     store._check()
     assert len(store) <= 3
+
+
+def test_python_core_refuses_a_call_from_inside_its_own_operation() -> None:
+    # An injected clock runs inside each operation: calling back from it stands in for
+    # a finalizer that the cyclic GC runs mid-operation.
+    holder: list[_core_py.LocalCore] = []
+    refused: list[BaseException] = []
+
+    def clock() -> float:
+        if holder:
+            try:
+                holder[0].get("a")
+            except ReentrantCallError as error:
+                refused.append(error)
+        return 1000.0
+
+    core = _core_py.LocalCore(clock=clock)
+    holder.append(core)
+    core.set("a", 1)
+    assert len(refused) == 1
+    assert isinstance(refused[0], RuntimeError)
+    entry = core.get("a")
+    assert entry is not None
+    assert entry.value == 1
+    core._check()

@@ -25,6 +25,9 @@ def test_every_error_has_the_root_and_a_builtin_parent() -> None:
         errors.InvalidMetadataError: TypeError,
         errors.CodecError: TypeError,
         errors.BackendUnavailableError: ConnectionError,
+        errors.AccessDeniedError: PermissionError,
+        errors.BackendError: RuntimeError,
+        errors.ReentrantCallError: RuntimeError,
     }
     for error, builtin in expected.items():
         assert issubclass(error, errors.MemKVError)

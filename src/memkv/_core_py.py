@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 
 from sortedcontainers import SortedList
 
-from memkv.errors import InvalidTTLError
+from memkv.errors import InvalidTTLError, ReentrantCallError
 from memkv.validation import (
     check_items,
     check_key,
@@ -152,6 +152,37 @@ def make_entry(
     return entry
 
 
+class _Exclusive:
+    """One operation at a time: a lock across threads, an error on re-entry.
+
+    A re-entrant call can only come from code that runs in the middle of an operation
+    on the same thread: a finalizer run by the cyclic GC when the operation allocates.
+    The structures may be mid-update then, so the call raises ``ReentrantCallError``
+    instead of deadlocking or corrupting them. (Values released by the store itself are
+    dropped after the operation, so their ``__del__`` may use the store freely.)
+    """
+
+    __slots__ = ("_busy", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._busy = False
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        if self._busy:
+            self._lock.release()
+            raise ReentrantCallError(
+                "the pure-Python memkv core was called from a finalizer that ran during "
+                "one of its own operations; the Cython core allows this"
+            )
+        self._busy = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._busy = False
+        self._lock.release()
+
+
 class LocalCore:
     """The synchronous engine behind ``LocalMemoryStore``.
 
@@ -185,7 +216,7 @@ class LocalCore:
         self._clock = clock
         # Store time is wall-clock seconds that advance with the injected clock.
         self._offset = time.time() - clock()
-        self._lock = threading.Lock()
+        self._exclusive = _Exclusive()
         self._gets = self._hits = self._misses = self._sets = 0
         self._deletes = self._expired = self._evictions = 0
 
@@ -318,7 +349,7 @@ class LocalCore:
         """Return the live entry for ``key`` or ``None``; counts as a use for LRU."""
         key = check_key(key)
         dead: list[MemoryEntry[Any]] = []
-        with self._lock:
+        with self._exclusive:
             return self._fetch(key, self.now(), dead)
 
     def set(self, key: str, value: Any, ttl: object = None, metadata: object = None) -> None:
@@ -327,7 +358,7 @@ class LocalCore:
         seconds = ttl_seconds(ttl)
         checked = check_metadata(metadata)
         dead: list[MemoryEntry[Any]] = []
-        with self._lock:
+        with self._exclusive:
             now = self.now()
             self._store(key, value, seconds, checked, now, dead)
             self._purge(now, PURGE_BUDGET, dead)
@@ -336,21 +367,21 @@ class LocalCore:
         """Remove ``key``; ``True`` when a live entry was removed."""
         key = check_key(key)
         dead: list[MemoryEntry[Any]] = []
-        with self._lock:
+        with self._exclusive:
             return self._remove(key, self.now(), dead)
 
     def exists(self, key: str) -> bool:
         """``True`` when ``key`` holds a live entry; not a use for LRU."""
         key = check_key(key)
         dead: list[MemoryEntry[Any]] = []
-        with self._lock:
+        with self._exclusive:
             return self._lookup(key, self.now(), dead) is not None
 
     def get_many(self, keys: Iterable[str]) -> list[MemoryEntry[Any] | None]:
         """Entries for ``keys``, aligned with them (``None`` where missing)."""
         checked = check_keys(keys)
         dead: list[MemoryEntry[Any]] = []
-        with self._lock:
+        with self._exclusive:
             now = self.now()
             return [self._fetch(key, now, dead) for key in checked]
 
@@ -360,7 +391,7 @@ class LocalCore:
         seconds = ttl_seconds(ttl)
         checked = check_metadata(metadata)
         dead: list[MemoryEntry[Any]] = []
-        with self._lock:
+        with self._exclusive:
             now = self.now()
             for key, value in pairs:
                 copy = None if checked is None else dict(checked)
@@ -371,7 +402,7 @@ class LocalCore:
         """Remove ``keys``; returns how many live entries were removed."""
         checked = check_keys(keys)
         dead: list[MemoryEntry[Any]] = []
-        with self._lock:
+        with self._exclusive:
             now = self.now()
             return sum(self._remove(key, now, dead) for key in checked)
 
@@ -384,7 +415,7 @@ class LocalCore:
         ``after`` next time (``None`` when the prefix range is exhausted). Expired keys
         are skipped, not removed. O(log n + limit).
         """
-        with self._lock:
+        with self._exclusive:
             index = self._index
             start = index.bisect_left(prefix) if after is None else index.bisect_right(after)
             stop = min(len(index), start + limit)
@@ -404,7 +435,7 @@ class LocalCore:
     def clear(self, prefix: str | None = None) -> int:
         """Remove every live entry whose key starts with ``prefix``; returns the count."""
         prefix = check_prefix(prefix)
-        with self._lock:
+        with self._exclusive:
             now = self.now()
             if not prefix:
                 old = self._entries
@@ -439,7 +470,7 @@ class LocalCore:
     def purge_expired(self) -> int:
         """Remove every expired entry now; returns how many. O(k log n)."""
         dead: list[MemoryEntry[Any]] = []
-        with self._lock:
+        with self._exclusive:
             return self._purge(self.now(), -1, dead)
 
     def __len__(self) -> int:
@@ -448,7 +479,7 @@ class LocalCore:
 
     def counters(self) -> tuple[int, int, int, int, int, int, int, int]:
         """(gets, hits, misses, sets, deletes, expired, evictions, entries held)."""
-        with self._lock:
+        with self._exclusive:
             return (
                 self._gets,
                 self._hits,
@@ -466,7 +497,7 @@ class LocalCore:
 
     def _check(self) -> None:
         """Assert the internal invariants (for tests and fuzzing)."""
-        with self._lock:
+        with self._exclusive:
             entries = self._entries
             index = self._index
             assert len(index) == len(entries), (len(index), len(entries))

@@ -12,6 +12,7 @@ __all__ = [
     "InvalidMetadataError",
     "InvalidTTLError",
     "MemKVError",
+    "ReentrantCallError",
     "StoreNotFoundError",
 ]
 
@@ -55,6 +56,10 @@ class AccessDeniedError(MemKVError, PermissionError):
     ``NOPERM`` refusal. Retrying does not help, so it is never retried; the message
     names the server, never the password.
     """
+
+
+class ReentrantCallError(MemKVError, RuntimeError):
+    """The pure-Python local core was called from a finalizer during its own operation."""
 
 
 class BackendError(MemKVError, RuntimeError):
