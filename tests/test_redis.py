@@ -638,3 +638,112 @@ async def test_an_existing_cluster_client_is_used(cluster_url: str) -> None:
             assert await store.clear() == 20
     finally:
         await client.aclose()
+
+
+# -- found in review ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["single", "cluster"])
+async def test_default_pool_serves_more_than_a_hundred_concurrent_calls(
+    redis_url: str, cluster_url: str, kind: str
+) -> None:
+    url = redis_url if kind == "single" else cluster_url
+    async with RedisMemoryStore(url, namespace=unique_namespace()) as store:
+        await store.set("k", 1)
+        results = await asyncio.gather(*[store.get("k") for _ in range(300)])
+    assert all(entry is not None and entry.value == 1 for entry in results)
+
+
+async def test_a_dead_cluster_raises_backend_unavailable() -> None:
+    from tests.redis_servers import free_port
+
+    url = f"redis+cluster://127.0.0.1:{free_port(cluster_bus=True)}?retries=1&connect_timeout=0.2"
+    async with RedisMemoryStore(url, namespace="gone") as store:
+        with pytest.raises(BackendUnavailableError):
+            await store.get("k")
+
+
+@pytest.mark.parametrize(
+    ("created", "updated", "expires", "meta_len"),
+    [
+        (float("nan"), 1.0, 0.0, 0),
+        (1.0, 1e300, 0.0, 0),
+        (1.0, 1.0, 1e20, 0),
+        (-5.0, 1.0, 0.0, 0),
+        (1.0, 1.0, 0.0, 1000),
+    ],
+    ids=["nan", "huge-updated", "huge-expires", "negative", "metadata-past-the-end"],
+)
+async def test_a_damaged_envelope_raises_codec_error_at_get(
+    store: RedisMemoryStore[Any], created: float, updated: float, expires: float, meta_len: int
+) -> None:
+    header = ENVELOPE_HEADER.pack(b"MKV", 1, created, updated, expires, 1, meta_len)
+    await store.client.set(f"{store.namespace}:bad".encode(), header + b"\x01")
+    with pytest.raises(CodecError, match="'bad'"):
+        await store.get("bad")
+    with pytest.raises(CodecError):
+        await store.get_many(["bad"])
+
+
+async def test_acl_refusal_inside_the_set_script_is_access_denied(
+    password_server: RedisServer,
+) -> None:
+    async with RedisMemoryStore(password_server.url) as admin:
+        await admin.client.execute_command(
+            "ACL", "SETUSER", "reader", "on", ">reader-pw", "~ro:*", "+@all", "-set"
+        )
+    url = f"redis://reader:reader-pw@127.0.0.1:{password_server.port}/0"
+    async with RedisMemoryStore(url, namespace="ro") as store:
+        with pytest.raises(AccessDeniedError):
+            await store.set("k", 1)
+        with pytest.raises(AccessDeniedError):
+            await store.set_many({"k": 1})
+
+
+async def test_sub_millisecond_ttl_reports_the_rounded_expiry(
+    store: RedisMemoryStore[Any],
+) -> None:
+    await store.set("short", 1, ttl=0.0004)
+    # Read the envelope directly: the entry may already be gone from the server.
+    raw = await store.client.get(f"{store.namespace}:short".encode())
+    if raw is not None:
+        entry = store._entry("short", raw)
+        assert entry.expires_at is not None
+        assert (entry.expires_at - entry.updated_at).total_seconds() == pytest.approx(0.001)
+    _, px = store._envelope(1, None, 1000.0, 0.0004)
+    assert px == 1
+
+
+async def test_a_custom_codec_error_never_echoes_the_value(redis_url: str) -> None:
+    class Leaky:
+        def encode(self, value: Any) -> bytes:
+            raise TypeError(f"cannot encode {value!r}")
+
+        def decode(self, data: bytes) -> Any:
+            return data
+
+    async with RedisMemoryStore(redis_url, namespace=unique_namespace(), codec=Leaky()) as store:
+        with pytest.raises(CodecError) as info:
+            await store.set("k", "SECRET-VALUE")
+    assert "SECRET-VALUE" not in _messages(info.value).split("\n")[0]
+
+
+async def test_a_store_used_after_close_closes_again(redis_url: str) -> None:
+    store: RedisMemoryStore[Any] = RedisMemoryStore(redis_url, namespace=unique_namespace())
+    await store.set("k", 1)
+    await store.close()
+    assert await store.exists("k")  # reconnects
+    await store.close()
+    pool = store.client.connection_pool  # type: ignore[union-attr]
+    assert not pool._in_use_connections  # released again
+
+
+def test_an_unknown_scheme_does_not_echo_the_url() -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        open_store("redsi://:WRONGPASSWORD@host")
+    assert "WRONGPASSWORD" not in str(info.value)
+
+
+def test_a_non_ascii_digit_database_is_an_invalid_argument() -> None:
+    with pytest.raises(InvalidArgumentError, match="database"):
+        RedisMemoryStore("redis://127.0.0.1:6379/²")

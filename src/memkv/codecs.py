@@ -136,6 +136,9 @@ def codec_name(codec: Codec) -> str:
     return name if isinstance(name, str) else type(codec).__name__
 
 
+_BUILT_IN_CODECS = (MsgpackCodec, JsonCodec, PickleCodec)
+
+
 def encode_value(codec: Codec, value: Any) -> bytes:
     """``codec.encode(value)`` as ``bytes``, or ``CodecError`` (the value is never echoed)."""
     try:
@@ -144,7 +147,8 @@ def encode_value(codec: Codec, value: Any) -> bytes:
         raise CodecError(
             f"the {codec_name(codec)} codec cannot encode a value of type "
             f"{type(value).__name__}: {type(err).__name__}"
-            + (f": {err}" if isinstance(err, (TypeError, msgspec.EncodeError)) else "")
+            # Only the built-in codecs' messages are known not to quote the value.
+            + (f": {err}" if isinstance(codec, _BUILT_IN_CODECS) else "")
         ) from err
     if type(data) is not bytes:
         if not isinstance(data, (bytes, bytearray, memoryview)):

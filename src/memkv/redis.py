@@ -91,6 +91,10 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "backoff_cap": 1.0,
     "max_connections": None,
 }
+#: The pool size used for "no limit" (redis-py's own default is 100 connections).
+_UNBOUNDED_POOL = 2**31 - 1
+#: 9999-12-31 UTC: the last instant a ``datetime`` can hold.
+_MAX_TIMESTAMP = 253402300799.0
 #: Keys removed per UNLINK by ``clear``.
 _CLEAR_BATCH = 500
 
@@ -111,10 +115,17 @@ _OUTAGE_ERRORS = (
     redis_errors.SlotNotCoveredError,
     redis_errors.TryAgainError,
     redis_errors.BusyLoadingError,
+    # Raised by the cluster client when no node answers (all down, or the seed dead).
+    redis_errors.RedisClusterException,
     OSError,
     asyncio.TimeoutError,
 )
-_FAILURES = (redis_errors.RedisError, OSError, asyncio.TimeoutError)
+_FAILURES = (
+    redis_errors.RedisError,
+    redis_errors.RedisClusterException,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 
 class _NotRetried(Exception):
@@ -263,7 +274,7 @@ def _parse_url(url: str) -> tuple[str, bool, str, dict[str, Any], dict[str, Any]
         server = f"{host}:{port}"
         path = parts.path.strip("/")
         if path:
-            if "db" in client_options or not path.isdigit():
+            if "db" in client_options or not (path.isascii() and path.isdigit()):
                 raise InvalidArgumentError(
                     f"bad database in a Redis URL path: {parts.path!r}; expected /<number>"
                 )
@@ -309,9 +320,12 @@ class RedisMemoryStore(BaseMemoryStore[T]):
     backoff when the server refuses connections. The same store recovers by itself
     when the server returns. On a cluster, redis-py's cluster client spends
     ``retries`` on its own loop, which refreshes the slot map between attempts.
-    ``max_connections`` bounds the pool (unbounded by default; when set, callers wait
-    up to ``socket_timeout`` for a free connection; on a cluster it is per node). A
-    wrong password or an ACL refusal raises ``AccessDeniedError`` without retrying.
+    ``max_connections`` bounds the pool (unbounded by default; when set on one server,
+    callers wait up to ``socket_timeout`` for a free connection; on a cluster it is per
+    node, and a call that finds no free connection fails at once with
+    ``BackendUnavailableError``, as redis-py's cluster pool does). A wrong password or
+    an ACL refusal raises ``AccessDeniedError`` without retrying. Values are sent whole
+    in one command under ``socket_timeout``: raise it for values of many megabytes.
 
     Costs: ``get``, ``set``, ``delete`` and ``exists`` are one round trip each (``set``
     runs a small cached Lua script, so overwriting keeps ``created_at`` atomically);
@@ -396,7 +410,6 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         else:
             self._client = url_or_client
             self._owns_client = False
-        self._closed = False
         self._gets = self._hits = self._misses = self._sets = self._deletes = 0
 
     @classmethod
@@ -441,7 +454,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         else:
             # At most 100 years (ttl_seconds checks), so PX never overflows the server.
             px = max(1, round(seconds * 1000))
-            expires = now + seconds
+            expires = now + px / 1000  # what the server will do: whole milliseconds
         header = ENVELOPE_HEADER.pack(
             _MAGIC, _VERSION, now, now, expires, self._codec_id, len(meta)
         )
@@ -468,6 +481,15 @@ class RedisMemoryStore(BaseMemoryStore[T]):
                 f"this store uses the {codec_name(self._codec)} codec"
             )
         body = _HEADER_SIZE + meta_len
+        if body > len(data) or not (
+            _valid_timestamp(created)
+            and _valid_timestamp(updated)
+            and (expires == 0.0 or _valid_timestamp(expires))
+        ):
+            raise CodecError(
+                f"the value at key {key!r} in namespace {self._namespace!r} is a damaged "
+                "memkv envelope (bad metadata length or timestamp)"
+            )
         try:
             metadata = _metadata_decoder.decode(data[_HEADER_SIZE:body]) if meta_len else None
             value = self._codec.decode(data[body:])
@@ -482,7 +504,10 @@ class RedisMemoryStore(BaseMemoryStore[T]):
 
     def _error(self, err: BaseException) -> MemKVError:
         """The memkv error for a redis-py or socket failure (never with a password)."""
-        if isinstance(err, _ACCESS_ERRORS):
+        if isinstance(err, _ACCESS_ERRORS) or (
+            # An ACL refusal inside the set script comes back as a plain error reply.
+            isinstance(err, redis_errors.ResponseError) and "can't run this command" in str(err)
+        ):
             return AccessDeniedError(f"{self._where} refused access: {err}")
         if isinstance(err, _OUTAGE_ERRORS):
             return BackendUnavailableError(
@@ -725,9 +750,8 @@ class RedisMemoryStore(BaseMemoryStore[T]):
 
     async def close(self) -> None:
         """Close the connections (only when the store made its client). Safe twice."""
-        if self._closed:
-            return
-        self._closed = True
+        # Closes every time: a store used again after close() reconnects, and a later
+        # close() must release those connections too.
         if self._owns_client:
             await self._client.aclose()
 
@@ -737,6 +761,11 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             f"RedisMemoryStore({kind}{self._server}, namespace={self._namespace!r}, "
             f"codec={codec_name(self._codec)!r})"
         )
+
+
+def _valid_timestamp(timestamp: float) -> bool:
+    # Within what datetime can represent (years 1970 to 9999); NaN fails both tests.
+    return 0.0 <= timestamp < _MAX_TIMESTAMP
 
 
 def _encode_metadata(metadata: dict[str, Any]) -> bytes:
@@ -776,11 +805,13 @@ def _make_client(
     }
     max_connections = options["max_connections"]
     if cluster:
-        if max_connections is not None:
-            common["max_connections"] = max_connections
+        common["max_connections"] = max_connections or _UNBOUNDED_POOL
         return RedisCluster.from_url(url, **common)
     if max_connections is None:
-        pool: ConnectionPool = ConnectionPool.from_url(url, **common)
+        # redis-py reads "no limit" as 100 connections: pass a real bound instead.
+        pool: ConnectionPool = ConnectionPool.from_url(
+            url, max_connections=_UNBOUNDED_POOL, **common
+        )
     else:
         pool = BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=options["socket_timeout"], **common

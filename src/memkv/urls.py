@@ -34,7 +34,8 @@ def open_store(url: str) -> MemoryStore[Any]:
 
         return RedisMemoryStore.from_url(url)
     raise InvalidArgumentError(
-        f"unknown store URL scheme {scheme!r} in {url!r}; expected memory://, redis://, "
+        # The URL itself is not repeated: it may hold a password.
+        f"unknown store URL scheme {scheme!r}; expected memory://, redis://, "
         "rediss://, unix:// or redis+cluster://"
     )
 
@@ -44,7 +45,7 @@ def _open_memory(url: str) -> MemoryStore[Any]:
 
     parts = urlsplit(url)
     if parts.netloc or parts.path not in ("", "/"):
-        raise InvalidArgumentError(f"memory:// takes no host or path, got {url!r}")
+        raise InvalidArgumentError("memory:// takes no host or path")
     max_entries: int | None = None
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name != "max_entries":
