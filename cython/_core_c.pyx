@@ -42,7 +42,7 @@ import time
 from datetime import datetime, timezone
 from types import GenericAlias
 
-from memkv.errors import InvalidTTLError
+from memkv.errors import InvalidTTLError, ReentrantCallError
 from memkv.validation import (
     MAX_TTL_SECONDS,
     check_items,
@@ -225,11 +225,6 @@ cdef class MemoryEntry:
     def key(self):
         """The entry's key."""
         return self.c_key
-
-    @key.setter
-    def key(self, key):
-        self.c_key = key
-        self.track()
 
     @property
     def value(self):
@@ -738,6 +733,8 @@ cdef class LocalCore:
         self.heap = ExpiryQueue()
 
     def __init__(self, max_entries=None, clock=None):
+        if self.clock is not None:
+            raise RuntimeError("LocalCore.__init__ may run only once")
         if max_entries is not None:
             if type(max_entries) is not int:
                 raise TypeError(
@@ -796,7 +793,10 @@ cdef class LocalCore:
         cdef unsigned long me = PyThread_get_thread_ident()
         if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
             if self.lock_owner == me:
-                raise RuntimeError("re-entrant call into the store while it holds its lock")
+                raise ReentrantCallError(
+                    "the memkv core was called from its own injected clock, or from a "
+                    "finalizer that ran while that clock was being read"
+                )
             with nogil:
                 PyThread_acquire_lock(self.lock, WAIT_LOCK)
         self.lock_owner = me

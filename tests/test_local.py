@@ -220,3 +220,26 @@ async def test_invariants_hold_after_mixed_operations(local_harness: StoreHarnes
 def test_local_errors_share_the_root(local_harness: StoreHarness) -> None:
     assert issubclass(InvalidArgumentError, MemKVError)
     assert isinstance(local_harness.store, LocalMemoryStore)
+
+
+async def test_entry_key_is_read_only(local_harness: StoreHarness) -> None:
+    await local_harness.store.set("a", [1])
+    entry = await local_harness.store.get("a")
+    assert entry is not None
+    with pytest.raises(AttributeError):
+        entry.key = "b"  # type: ignore[misc]
+    assert entry.key == "a"
+
+
+async def test_scan_accepts_any_positive_batch_size(local_harness: StoreHarness) -> None:
+    await local_harness.store.set("a", 1)
+    assert [k async for k in local_harness.store.scan(batch_size=2**70)] == ["a"]
+
+
+def test_core_init_runs_only_once(core: str) -> None:
+    store = core_module(core).LocalCore()
+    store.set("a", 1)
+    with pytest.raises(RuntimeError):
+        store.__init__(max_entries=1)
+    store.set("b", 2)
+    store._check()

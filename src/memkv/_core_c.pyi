@@ -13,8 +13,9 @@ PURGE_BUDGET: int
 HEAP_SLACK: int
 
 class MemoryEntry(Generic[T]):
-    key: str
     value: T
+    @property
+    def key(self) -> str: ...
     def __init__(
         self,
         key: str,

@@ -59,9 +59,8 @@ class MemoryEntry(Generic[T]):
     True
     """
 
-    __slots__ = ("_created", "_expires", "_metadata", "_updated", "key", "value")
+    __slots__ = ("_created", "_expires", "_key", "_metadata", "_updated", "value")
 
-    key: str
     value: T
 
     def __init__(
@@ -72,7 +71,7 @@ class MemoryEntry(Generic[T]):
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
         now = time.time()
-        self.key = check_key(key)
+        self._key = check_key(key)
         self.value = value
         self._metadata = check_metadata(metadata)
         self._created = now
@@ -87,6 +86,11 @@ class MemoryEntry(Generic[T]):
             raise InvalidTTLError("expires_at must be timezone-aware")
         else:
             self._expires = expires_at.timestamp()
+
+    @property
+    def key(self) -> str:
+        """The entry's key (read-only: the store files the entry under it)."""
+        return self._key
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -143,7 +147,7 @@ def make_entry(
 ) -> MemoryEntry[T]:
     """Build an entry from float UNIX timestamps without validation (for stores)."""
     entry: MemoryEntry[T] = MemoryEntry.__new__(MemoryEntry)
-    entry.key = key
+    entry._key = key
     entry.value = value
     entry._metadata = metadata or None
     entry._created = created
@@ -196,6 +200,8 @@ class LocalCore:
     def __init__(
         self, max_entries: int | None = None, clock: Callable[[], float] | None = None
     ) -> None:
+        if hasattr(self, "_entries"):
+            raise RuntimeError("LocalCore.__init__ may run only once")
         if max_entries is not None:
             if type(max_entries) is not int:
                 raise TypeError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -83,7 +84,8 @@ class LocalMemoryStore(BaseMemoryStore[T]):
         return self._core.clear(pattern)
 
     def scan(self, pattern: str | None = None, batch_size: int = 100) -> AsyncIterator[str]:
-        return self._scan(check_prefix(pattern), check_batch_size(batch_size))
+        # The cores take a C-sized batch; a larger one means "everything" anyway.
+        return self._scan(check_prefix(pattern), min(check_batch_size(batch_size), sys.maxsize))
 
     async def _scan(self, prefix: str, batch_size: int) -> AsyncIterator[str]:
         core = self._core
