@@ -120,6 +120,9 @@ _OUTAGE_ERRORS = (
     OSError,
     asyncio.TimeoutError,
 )
+#: How Redis ("can't run this command") and Valkey ("ACL failure in script") word an ACL
+#: refusal of a command called from a script.
+_SCRIPT_ACL_MARKERS = ("NOPERM", "can't run this command", "ACL failure", "no permissions")
 _FAILURES = (
     redis_errors.RedisError,
     redis_errors.RedisClusterException,
@@ -505,8 +508,10 @@ class RedisMemoryStore(BaseMemoryStore[T]):
     def _error(self, err: BaseException) -> MemKVError:
         """The memkv error for a redis-py or socket failure (never with a password)."""
         if isinstance(err, _ACCESS_ERRORS) or (
-            # An ACL refusal inside the set script comes back as a plain error reply.
-            isinstance(err, redis_errors.ResponseError) and "can't run this command" in str(err)
+            # An ACL refusal inside the set script comes back as a plain error reply,
+            # worded differently by Redis and Valkey.
+            isinstance(err, redis_errors.ResponseError)
+            and any(marker in str(err) for marker in _SCRIPT_ACL_MARKERS)
         ):
             return AccessDeniedError(f"{self._where} refused access: {err}")
         if isinstance(err, _OUTAGE_ERRORS):
