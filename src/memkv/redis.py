@@ -580,8 +580,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         checked = check_keys(keys)
         if not checked:
             return []
-        prefix = self._prefix
-        redis_keys = [prefix + key.encode("utf-8", "surrogatepass") for key in checked]
+        redis_keys = [self._redis_key(key) for key in checked]
         try:
             if self._cluster:
                 values = await self._client.mget_nonatomic(redis_keys)  # type: ignore[union-attr]
@@ -612,12 +611,11 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         if not pairs:
             return
         now = time.time()
-        prefix = self._prefix
         # Encode everything first: a value the codec rejects must leave nothing written.
         commands = []
         for key, value in pairs:
             envelope, px = self._envelope(value, meta, now, seconds)
-            commands.append((prefix + key.encode("utf-8", "surrogatepass"), envelope, px))
+            commands.append((self._redis_key(key), envelope, px))
         try:
             results = await self._pipeline_set(commands, use_sha=True)
             if any(isinstance(result, redis_errors.NoScriptError) for result in results):
@@ -648,9 +646,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         checked = check_keys(keys)
         if not checked:
             return 0
-        prefix = self._prefix
-        redis_keys = [prefix + key.encode("utf-8", "surrogatepass") for key in checked]
-        removed = await self._unlink(redis_keys)
+        removed = await self._unlink([self._redis_key(key) for key in checked])
         self._deletes += removed
         return removed
 
@@ -684,7 +680,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             yield key
 
     async def _scan_redis_keys(self, prefix: str, count: int) -> AsyncIterator[bytes]:
-        match = _glob_escape(self._prefix + prefix.encode("utf-8", "surrogatepass")) + b"*"
+        match = _glob_escape(self._redis_key(prefix)) + b"*"
         seen: set[bytes] = set()
         for node in await self._scan_targets():
             cursor = 0
