@@ -109,6 +109,14 @@ cdef inline object _to_datetime(double timestamp):
     return _fromtimestamp(timestamp, _UTC)
 
 
+cdef inline object exact_key(object key):
+    """``key`` as an exact, ready ``str``, validated like ``check_key``."""
+    if type(key) is not str:
+        key = check_key(key)
+    memkv_ready(<PyObject*>key)
+    return key
+
+
 # -- objects dropped during an operation, released once it is done -----------------
 
 cdef struct Dropped:
@@ -1000,9 +1008,7 @@ cdef class LocalCore:
 
     def get(self, key):
         """Return the live entry for ``key`` or ``None``; counts as a use for LRU."""
-        if type(key) is not str:
-            key = check_key(key)
-        memkv_ready(<PyObject*>key)
+        key = exact_key(key)
         cdef Dropped dropped
         dropped_init(&dropped)
         cdef double now = self.begin_read()
@@ -1015,9 +1021,7 @@ cdef class LocalCore:
     def set(self, key, value, ttl=None, metadata=None):
         """Store ``value`` under ``key``; an overwrite keeps ``created_at``."""
         cdef double seconds
-        if type(key) is not str:
-            key = check_key(key)
-        memkv_ready(<PyObject*>key)
+        key = exact_key(key)
         if ttl is None:
             seconds = INFINITY
         elif type(ttl) is float or type(ttl) is int:
@@ -1046,9 +1050,7 @@ cdef class LocalCore:
 
     def delete(self, key):
         """Remove ``key``; ``True`` when a live entry was removed."""
-        if type(key) is not str:
-            key = check_key(key)
-        memkv_ready(<PyObject*>key)
+        key = exact_key(key)
         cdef Dropped dropped
         dropped_init(&dropped)
         cdef double now = self.begin_read()
@@ -1059,9 +1061,7 @@ cdef class LocalCore:
 
     def exists(self, key):
         """``True`` when ``key`` holds a live entry; not a use for LRU."""
-        if type(key) is not str:
-            key = check_key(key)
-        memkv_ready(<PyObject*>key)
+        key = exact_key(key)
         cdef Dropped dropped
         dropped_init(&dropped)
         cdef double now = self.begin_read()
