@@ -8,11 +8,18 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 from memkv.store import MemoryStore
 
-__all__ = ["BenchResult", "DictBaseline", "run_store_benchmark"]
+__all__ = [
+    "BenchResult",
+    "DictBaseline",
+    "baseline_calls",
+    "planned_calls",
+    "run_baseline",
+    "run_store_benchmark",
+]
 
 #: (name, how many calls one "op" makes, factory of the coroutine for call number i)
 Operation = tuple[str, int, Callable[[int], Awaitable[Any]]]
@@ -81,6 +88,27 @@ async def _measure(
     )
 
 
+def heavy_calls(calls: int) -> int:
+    """How often a 100-key operation runs when single-key ones run ``calls`` times."""
+    return max(10, calls // 100)
+
+
+def _calls(operation: Operation, calls: int) -> int:
+    return calls if operation[1] == 1 else heavy_calls(calls)
+
+
+def planned_calls(calls: int) -> int:
+    """Calls ``run_store_benchmark(..., calls=calls)`` makes, for a progress total."""
+    # Building the operations touches no store: their calls run only when measured.
+    operations = _operations(cast(MemoryStore[Any], None), ["key"], 0.0)
+    return sum(_calls(operation, calls) for operation in operations)
+
+
+def baseline_calls(calls: int) -> int:
+    """Calls ``run_baseline(..., calls=calls)`` makes, for a progress total."""
+    return len(_baseline_operations(DictBaseline(), ["key"])) * calls
+
+
 def _operations(store: MemoryStore[Any], keys: list[str], ttl: float) -> list[Operation]:
     n = len(keys)
     shuffled = keys[:]
@@ -123,8 +151,7 @@ async def run_store_benchmark(
         await store.set_many(dict.fromkeys(names[start : start + 1000], "x" * 32), ttl=ttl)
     results = []
     for operation in _operations(store, names, ttl):
-        count = calls if operation[1] == 1 else max(10, calls // 100)
-        results.append(await _measure(store_name, operation, count, progress))
+        results.append(await _measure(store_name, operation, _calls(operation, calls), progress))
         await asyncio.sleep(0)
     await store.clear("bench:")
     return results
@@ -138,12 +165,16 @@ async def run_baseline(
     names = [f"bench:{i // 100:06}:{i % 100:02}" for i in range(keys)]
     for name in names:
         baseline.data[name] = "x" * 32
-    shuffled = names[:]
+    operations = _baseline_operations(baseline, names)
+    return [await _measure("dict + async def", op, calls, progress) for op in operations]
+
+
+def _baseline_operations(baseline: DictBaseline, keys: list[str]) -> list[Operation]:
+    shuffled = keys[:]
     random.Random(7).shuffle(shuffled)
     n = len(shuffled)
     value = "x" * 32
-    operations: list[Operation] = [
+    return [
         ("set", 1, lambda i: baseline.set(shuffled[i % n], value)),
         ("get hit", 1, lambda i: baseline.get(shuffled[i % n])),
     ]
-    return [await _measure("dict + async def", op, calls, progress) for op in operations]

@@ -15,16 +15,19 @@ from rich.table import Table
 
 from memkv import _core_py
 from memkv._core import IMPLEMENTATION
-from memkv.benchmark import BenchResult, run_baseline, run_store_benchmark
+from memkv.benchmark import (
+    BenchResult,
+    baseline_calls,
+    planned_calls,
+    run_baseline,
+    run_store_benchmark,
+)
 from memkv.errors import MemKVError
 from memkv.local import LocalMemoryStore
 from memkv.store import MemoryStore
 from memkv.urls import open_store
 
 __all__ = ["main"]
-
-OPERATIONS_PER_STORE = 6
-BASELINE_OPERATIONS = 2
 
 
 class _PythonCoreStore(LocalMemoryStore[Any]):
@@ -42,10 +45,6 @@ def _local_stores(core: str) -> list[tuple[str, MemoryStore[Any]]]:
     return stores
 
 
-def _heavy_calls(calls: int) -> int:
-    return max(10, calls // 100)
-
-
 async def _bench(args: argparse.Namespace, console: Console) -> list[BenchResult]:
     stores = _local_stores(args.core)
     plans: list[tuple[str, MemoryStore[Any], int]] = [(n, s, args.ops) for n, s in stores]
@@ -53,9 +52,7 @@ async def _bench(args: argparse.Namespace, console: Console) -> list[BenchResult
         # Label the store by its repr: the URL itself may hold a password.
         redis_store = open_store(args.redis)
         plans.append((repr(redis_store), redis_store, args.redis_ops))
-    total = BASELINE_OPERATIONS * args.ops
-    for _, _, calls in plans:
-        total += 4 * calls + 2 * _heavy_calls(calls)
+    total = baseline_calls(args.ops) + sum(planned_calls(calls) for _, _, calls in plans)
     results: list[BenchResult] = []
     with Progress(
         TextColumn("[bold]{task.description:<28}"),
