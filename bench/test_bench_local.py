@@ -20,12 +20,14 @@ import pytest
 from bench.conftest import (
     GATE,
     LARGE,
+    ROUNDS,
     Figure,
     assert_floor,
     paired,
     rate,
     record,
     runner,
+    timed,
 )
 from memkv import LocalMemoryStore
 from memkv import _core_py as core_py
@@ -302,6 +304,105 @@ def test_get_many_of_100_keys(benchmark: Any, loop: asyncio.AbstractEventLoop) -
     assert_floor(repeats * len(batches), subject)
     benchmark.extra_info["keys_per_second"] = keys_per_second
     benchmark.pedantic(runner(loop, memkv), rounds=1 if GATE else 3)
+
+
+# -- metrics: exporters and latency histograms -----------------------------------------
+
+
+def test_get_with_exporters_registered_vs_without(
+    benchmark: Any, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Exporters read counters at scrape time only: ``get`` must not notice them."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from memkv.metrics.otel import instrument
+    from memkv.metrics.prometheus import StoreCollector
+
+    keys = make_keys(KEYS)
+    order = shuffled(keys)
+    exported: LocalMemoryStore[Any] = LocalMemoryStore()
+    bare: LocalMemoryStore[Any] = LocalMemoryStore()
+    for store in (exported, bare):
+        store._core.set_many([(k, 1) for k in keys], TTL)
+    registry = CollectorRegistry()
+    registry.register(StoreCollector({"exported": exported}))
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    instrument(provider.get_meter("bench"), {"exported": exported})
+
+    def gets(store: LocalMemoryStore[Any]) -> Callable[[], Any]:
+        async def run() -> None:
+            get = store.get
+            for key in order:
+                await get(key)
+
+        return runner(loop, run)
+
+    # Alternating bursts, best of each, with a scrape of both exporters before every
+    # burst of the exported store (as in production, between calls, never timed).
+    subject = baseline = float("inf")
+    for _ in range(ROUNDS + 4):
+        baseline = min(baseline, timed(gets(bare)))
+        generate_latest(registry)
+        reader.get_metrics_data()
+        subject = min(subject, timed(gets(exported)))
+    provider.shutdown()
+    ratio = baseline / subject
+    record(
+        Figure(
+            "get with Prometheus + OpenTelemetry exporters registered vs none",
+            rate(KEYS / subject),
+            rate(KEYS / baseline),
+            f"{ratio:.3f}x",
+            ">= 0.95x",
+            ratio >= 0.95,
+        )
+    )
+    assert_floor(KEYS, subject)
+    benchmark.extra_info["ratio_vs_no_exporter"] = ratio
+    benchmark.pedantic(gets(exported), rounds=1 if GATE else 3)
+
+
+@BOTH_CORES
+def test_get_with_latency_histograms_vs_without(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, core_name: str
+) -> None:
+    """What ``record_latency()`` costs a local ``get`` (it is opt-in for this reason)."""
+    core = named_core(core_name)
+    keys = make_keys(KEYS)
+    order = shuffled(keys)
+    timed, plain = store_on(core), store_on(core)
+    for store in (timed, plain):
+        store._core.set_many([(k, 1) for k in keys], TTL)
+    timed.record_latency()
+
+    def gets(store: LocalMemoryStore[Any]) -> Callable[[], Any]:
+        async def run() -> None:
+            get = store.get
+            for key in order:
+                await get(key)
+
+        return runner(loop, run)
+
+    subject, baseline = paired(gets(timed), gets(plain))
+    ratio = baseline / subject
+    overhead_ns = (subject - baseline) / KEYS * 1e9
+    record(
+        Figure(
+            f"get with latency histograms vs without, {core_name} core",
+            rate(KEYS / subject),
+            rate(KEYS / baseline),
+            f"{ratio:.2f}x (+{overhead_ns:.0f} ns/call)",
+            "measured (opt-in)",
+            None,
+        )
+    )
+    assert timed.latency()["get"].calls >= KEYS
+    assert_floor(KEYS, subject)
+    benchmark.extra_info["ratio_vs_no_histograms"] = ratio
+    benchmark.pedantic(gets(timed), rounds=1 if GATE else 3)
 
 
 # -- the two cores ---------------------------------------------------------------------

@@ -53,7 +53,7 @@ from memkv.validation import (
     ttl_seconds,
 )
 
-__all__ = ["LocalCore", "MemoryEntry", "make_entry"]
+__all__ = ["OPERATION_COUNTERS", "LocalCore", "MemoryEntry", "make_entry"]
 
 
 cdef extern from "Python.h":
@@ -88,12 +88,35 @@ PURGE_BUDGET = 4
 #: Stale heap items the reference core allows beyond the live ones; this core's
 #: indexed heap never holds a stale item.
 HEAP_SLACK = 64
+#: What each item of ``LocalCore.operations()`` counts: (operation, result).
+OPERATION_COUNTERS = (
+    ("get", "hit"), ("get", "miss"), ("set", "ok"), ("delete", "hit"), ("delete", "miss"),
+    ("exists", "hit"), ("exists", "miss"), ("scan", "ok"), ("clear", "ok"),
+    ("get_many", "ok"), ("set_many", "ok"), ("delete_many", "ok"),
+)
 
 cdef enum:
     C_PURGE_BUDGET = 4
     # A sublist splits in two when it reaches this size: small enough that an insert's
     # memmove stays cheap, large enough that the index costs ~1.2 pointers per key.
     MAX_SUBLIST = 512
+
+# Call counters, in the order ``LocalCore.operations()`` reports them (the same as the
+# pure-Python core's ``OPERATION_COUNTERS``).
+cdef enum:
+    OP_GET_HIT
+    OP_GET_MISS
+    OP_SET
+    OP_DELETE_HIT
+    OP_DELETE_MISS
+    OP_EXISTS_HIT
+    OP_EXISTS_MISS
+    OP_SCAN
+    OP_CLEAR
+    OP_GET_MANY
+    OP_SET_MANY
+    OP_DELETE_MANY
+    N_OPS
 
 cdef double C_MAX_TTL = MAX_TTL_SECONDS
 # How far the coarse clock may lag the precise one and still prove an entry live. It
@@ -734,6 +757,7 @@ cdef class LocalCore:
     cdef PyThread_type_lock lock
     cdef unsigned long lock_owner
     cdef unsigned long long gets, hits, misses, sets, deletes, expired, evictions
+    cdef unsigned long long ops[N_OPS]
 
     def __cinit__(self):
         self.entries = {}
@@ -1013,6 +1037,7 @@ cdef class LocalCore:
         dropped_init(&dropped)
         cdef double now = self.begin_read()
         entry = self.fetch(<PyObject*>key, &now, &dropped)
+        self.ops[OP_GET_MISS if entry is None else OP_GET_HIT] += 1
         self.end()
         if dropped.size:
             dropped_release(&dropped)
@@ -1044,6 +1069,7 @@ cdef class LocalCore:
             entry.c_expires = now + seconds
             self.store(entry, now, &dropped)
             self.purge(now, C_PURGE_BUDGET, &dropped)
+            self.ops[OP_SET] += 1
         finally:
             self.end()
             dropped_release(&dropped)
@@ -1055,6 +1081,7 @@ cdef class LocalCore:
         dropped_init(&dropped)
         cdef double now = self.begin_read()
         cdef bint removed = self.remove(<PyObject*>key, &now, &dropped)
+        self.ops[OP_DELETE_HIT if removed else OP_DELETE_MISS] += 1
         self.end()
         dropped_release(&dropped)
         return removed
@@ -1066,6 +1093,7 @@ cdef class LocalCore:
         dropped_init(&dropped)
         cdef double now = self.begin_read()
         found = self.lookup(<PyObject*>key, &now, &dropped) is not None
+        self.ops[OP_EXISTS_HIT if found else OP_EXISTS_MISS] += 1
         self.end()
         if dropped.size:
             dropped_release(&dropped)
@@ -1109,6 +1137,7 @@ cdef class LocalCore:
             entry = self.fetch(<PyObject*>key, &now, &dropped)
             incref(<PyObject*>entry)
             PyList_SET_ITEM(result, i, entry)
+        self.ops[OP_GET_MANY] += 1
         self.end()
         dropped_release(&dropped)
         return result
@@ -1134,6 +1163,7 @@ cdef class LocalCore:
                 (<MemoryEntry>entry).c_expires = now + seconds
                 self.store(<MemoryEntry>entry, now, &dropped)
             self.purge(now, budget, &dropped)
+            self.ops[OP_SET_MANY] += 1
         finally:
             self.end()
             dropped_release(&dropped)
@@ -1148,6 +1178,7 @@ cdef class LocalCore:
         for i in range(n):
             key = checked[i]
             removed += self.remove(<PyObject*>key, &now, &dropped)
+        self.ops[OP_DELETE_MANY] += 1
         self.end()
         dropped_release(&dropped)
         return removed
@@ -1175,6 +1206,7 @@ cdef class LocalCore:
         try:
             if after is None:
                 index.bisect_left(<PyObject*>prefix, &i, &j)
+                self.ops[OP_SCAN] += 1
             else:
                 index.bisect_right(<PyObject*>after, &i, &j)
             while i < index.n_lists and visited < limit:
@@ -1259,6 +1291,7 @@ cdef class LocalCore:
                     self.unlink(key, entry, &dropped)
             self.deletes += removed
             self.expired += total - removed
+            self.ops[OP_CLEAR] += 1
         finally:
             self.end()
             dropped_release(&dropped)
@@ -1290,6 +1323,11 @@ cdef class LocalCore:
             self.evictions,
             len(self.entries),
         )
+
+    def operations(self):
+        """Calls by outcome: get hit/miss, set, delete hit/miss, exists hit/miss, scan,
+        clear, get_many, set_many, delete_many (the order of ``OPERATION_COUNTERS``)."""
+        return tuple([self.ops[i] for i in range(N_OPS)])
 
     def _heap_size(self):
         """Items in the expiry heap: one per expiring entry, never a stale one."""

@@ -19,6 +19,7 @@ from memkv.errors import (
     InvalidTTLError,
     MemKVError,
 )
+from memkv.store import OPERATIONS
 from tests.conftest import StoreHarness
 
 TTL = 0.3  # seconds; long enough for a Redis round trip, short enough to sleep through
@@ -449,6 +450,54 @@ async def test_stats_count_operations(harness: StoreHarness) -> None:
     assert stats.deletes - start.deletes == 1
     assert stats.hits + stats.misses == stats.gets
     assert 0.0 <= stats.hit_rate <= 1.0
+
+
+async def test_stats_count_calls_by_operation_and_result(harness: StoreHarness) -> None:
+    store = harness.store
+    start = store.stats().operations
+    assert set(start) == {(op, result) for op, results in OPERATIONS.items() for result in results}
+    await store.set("a", 1)
+    await store.set_many({"b": 2, "c": 3})
+    await store.get("a")
+    await store.get("missing")
+    await store.get_many(["a", "missing"])
+    await store.exists("a")
+    await store.exists("missing")
+    [key async for key in store.scan("")]
+    [key async for key in store.scan("nothing-here")]
+    await store.delete("a")
+    await store.delete("a")
+    await store.delete_many(["b", "missing"])
+    await store.clear("c")
+    for call in (
+        store.get(1),  # type: ignore[arg-type]
+        store.set("k", 1, ttl=-1),
+        store.get_many([1]),  # type: ignore[list-item]
+    ):
+        with pytest.raises(MemKVError):
+            await call
+    with pytest.raises(MemKVError):
+        store.scan(batch_size=0)
+    ops = store.stats().operations
+    moved = {pair: ops[pair] - start[pair] for pair in ops if ops[pair] != start[pair]}
+    assert moved == {
+        ("set", "ok"): 1,
+        ("set_many", "ok"): 1,
+        ("get", "hit"): 1,
+        ("get", "miss"): 1,
+        ("get_many", "ok"): 1,
+        ("exists", "hit"): 1,
+        ("exists", "miss"): 1,
+        ("scan", "ok"): 2,
+        ("delete", "hit"): 1,
+        ("delete", "miss"): 1,
+        ("delete_many", "ok"): 1,
+        ("clear", "ok"): 1,
+        ("get", "error"): 1,
+        ("set", "error"): 1,
+        ("get_many", "error"): 1,
+        ("scan", "error"): 1,
+    }
 
 
 async def test_store_is_an_async_context_manager(harness: StoreHarness) -> None:

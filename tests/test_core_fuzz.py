@@ -118,7 +118,8 @@ class Lockstep:
         self.model[key] = (value, dict(metadata or {}), created, now, expires)
         if self.max_entries is not None:
             # Keep the model to what the cores hold: evicted keys are gone from both.
-            held = {k for k in self.model if self.cores[0].exists(k)}
+            # Asked of both cores, so that their exists() counters stay in step.
+            held = {k for k in self.model if [c.exists(k) for c in self.cores] == [True, True]}
             for k in list(self.model):
                 if k not in held:
                     del self.model[k]
@@ -247,6 +248,7 @@ class Lockstep:
         # gets, hits, misses, sets, deletes agree at every step; evictions too.
         assert python.counters()[:5] == cython.counters()[:5]
         assert python.counters()[6] == cython.counters()[6]
+        assert python.operations() == cython.operations()
         for core in self.cores:
             core._check()
         if self.rng.random() < 0.2:
@@ -313,3 +315,9 @@ def test_cores_agree_on_a_large_index(monkeypatch: pytest.MonkeyPatch) -> None:
     lockstep.compare_state()
     lockstep.both(len)
     lockstep.compare_state()
+
+
+def test_cores_describe_their_call_counters_alike() -> None:
+    python, cython = core_module("python"), core_module("cython")
+    assert cython.OPERATION_COUNTERS == python.OPERATION_COUNTERS
+    assert len(cython.LocalCore().operations()) == len(python.OPERATION_COUNTERS)

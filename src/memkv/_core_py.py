@@ -31,7 +31,7 @@ from memkv.validation import (
     ttl_seconds,
 )
 
-__all__ = ["LocalCore", "MemoryEntry", "make_entry"]
+__all__ = ["OPERATION_COUNTERS", "LocalCore", "MemoryEntry", "make_entry"]
 
 T = TypeVar("T")
 
@@ -40,6 +40,35 @@ _UTC = timezone.utc
 PURGE_BUDGET = 4
 #: Stale heap items allowed beyond the live ones before the heap is rebuilt.
 HEAP_SLACK = 64
+#: What each item of ``LocalCore.operations()`` counts: (operation, result).
+OPERATION_COUNTERS = (
+    ("get", "hit"),
+    ("get", "miss"),
+    ("set", "ok"),
+    ("delete", "hit"),
+    ("delete", "miss"),
+    ("exists", "hit"),
+    ("exists", "miss"),
+    ("scan", "ok"),
+    ("clear", "ok"),
+    ("get_many", "ok"),
+    ("set_many", "ok"),
+    ("delete_many", "ok"),
+)
+(
+    _GET_HIT,
+    _GET_MISS,
+    _SET,
+    _DELETE_HIT,
+    _DELETE_MISS,
+    _EXISTS_HIT,
+    _EXISTS_MISS,
+    _SCAN,
+    _CLEAR,
+    _GET_MANY,
+    _SET_MANY,
+    _DELETE_MANY,
+) = range(len(OPERATION_COUNTERS))
 
 
 def _to_datetime(timestamp: float) -> datetime:
@@ -225,6 +254,7 @@ class LocalCore:
         self._exclusive = _Exclusive()
         self._gets = self._hits = self._misses = self._sets = 0
         self._deletes = self._expired = self._evictions = 0
+        self._ops = [0] * len(OPERATION_COUNTERS)
 
     @property
     def max_entries(self) -> int | None:
@@ -356,7 +386,9 @@ class LocalCore:
         key = check_key(key)
         dead: list[MemoryEntry[Any]] = []
         with self._exclusive:
-            return self._fetch(key, self.now(), dead)
+            entry = self._fetch(key, self.now(), dead)
+            self._ops[_GET_MISS if entry is None else _GET_HIT] += 1
+            return entry
 
     def set(self, key: str, value: Any, ttl: object = None, metadata: object = None) -> None:
         """Store ``value`` under ``key``; an overwrite keeps ``created_at``."""
@@ -368,20 +400,25 @@ class LocalCore:
             now = self.now()
             self._store(key, value, seconds, checked, now, dead)
             self._purge(now, PURGE_BUDGET, dead)
+            self._ops[_SET] += 1
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; ``True`` when a live entry was removed."""
         key = check_key(key)
         dead: list[MemoryEntry[Any]] = []
         with self._exclusive:
-            return self._remove(key, self.now(), dead)
+            removed = self._remove(key, self.now(), dead)
+            self._ops[_DELETE_HIT if removed else _DELETE_MISS] += 1
+            return removed
 
     def exists(self, key: str) -> bool:
         """``True`` when ``key`` holds a live entry; not a use for LRU."""
         key = check_key(key)
         dead: list[MemoryEntry[Any]] = []
         with self._exclusive:
-            return self._lookup(key, self.now(), dead) is not None
+            found = self._lookup(key, self.now(), dead) is not None
+            self._ops[_EXISTS_HIT if found else _EXISTS_MISS] += 1
+            return found
 
     def get_many(self, keys: Iterable[str]) -> list[MemoryEntry[Any] | None]:
         """Entries for ``keys``, aligned with them (``None`` where missing)."""
@@ -389,7 +426,9 @@ class LocalCore:
         dead: list[MemoryEntry[Any]] = []
         with self._exclusive:
             now = self.now()
-            return [self._fetch(key, now, dead) for key in checked]
+            entries = [self._fetch(key, now, dead) for key in checked]
+            self._ops[_GET_MANY] += 1
+            return entries
 
     def set_many(self, items: object, ttl: object = None, metadata: object = None) -> None:
         """Store every pair of ``items``; all are validated before any is written."""
@@ -403,6 +442,7 @@ class LocalCore:
                 copy = None if checked is None else dict(checked)
                 self._store(key, value, seconds, copy, now, dead)
             self._purge(now, PURGE_BUDGET * max(1, len(pairs)), dead)
+            self._ops[_SET_MANY] += 1
 
     def delete_many(self, keys: Iterable[str]) -> int:
         """Remove ``keys``; returns how many live entries were removed."""
@@ -410,7 +450,9 @@ class LocalCore:
         dead: list[MemoryEntry[Any]] = []
         with self._exclusive:
             now = self.now()
-            return sum(self._remove(key, now, dead) for key in checked)
+            removed = sum(self._remove(key, now, dead) for key in checked)
+            self._ops[_DELETE_MANY] += 1
+            return removed
 
     def scan_batch(
         self, prefix: str, after: str | None, limit: int
@@ -423,7 +465,11 @@ class LocalCore:
         """
         with self._exclusive:
             index = self._index
-            start = index.bisect_left(prefix) if after is None else index.bisect_right(after)
+            if after is None:
+                start = index.bisect_left(prefix)
+                self._ops[_SCAN] += 1
+            else:
+                start = index.bisect_right(after)
             stop = min(len(index), start + limit)
             entries = self._entries
             now = self.now()
@@ -452,8 +498,6 @@ class LocalCore:
                 self._index = SortedList()
                 self._heap = []
                 self._n_expiring = 0
-                self._deletes += removed
-                self._expired += len(old) - removed
             else:
                 index = self._index
                 keys = list(
@@ -468,8 +512,9 @@ class LocalCore:
                     self._unlink(key, entry)
                     if entry._expires is None or entry._expires > now:
                         removed += 1
-                self._deletes += removed
-                self._expired += len(old) - removed
+            self._deletes += removed
+            self._expired += len(old) - removed
+            self._ops[_CLEAR] += 1
         del old
         return removed
 
@@ -496,6 +541,11 @@ class LocalCore:
                 self._evictions,
                 len(self._entries),
             )
+
+    def operations(self) -> tuple[int, ...]:
+        """Calls by outcome, in the order of ``OPERATION_COUNTERS``."""
+        with self._exclusive:
+            return tuple(self._ops)
 
     def _heap_size(self) -> int:
         """Items in the expiry heap, stale ones included (for tests)."""

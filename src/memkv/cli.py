@@ -1,23 +1,45 @@
-"""The ``memkv`` command line: ``bench`` (the benchmark) and store inspection commands."""
+"""The ``memkv`` command line: ``bench`` (the benchmark) and the store inspection commands.
+
+Run as ``memkv`` or ``python -m memkv``; ``memkv COMMAND --help`` describes each command.
+Errors a user can cause (a bad URL, an unreachable server, a missing extra) print one
+line on stderr and exit 1; bad options exit 2.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack, contextmanager
 from typing import Any
+from urllib.parse import unquote, urlsplit
+from uuid import uuid4
 
+import click
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
-from memkv import _core_py
-from memkv._core import IMPLEMENTATION
+from memkv import __version__, _core_py
+from memkv._core import IMPLEMENTATION, MemoryEntry
 from memkv.benchmark import (
+    BASELINE,
+    LOCAL_CYTHON,
+    LOCAL_PYTHON,
+    OPERATIONS,
+    REDIS,
+    BenchReport,
     BenchResult,
+    Operation,
     baseline_calls,
+    bench_report,
     planned_calls,
     run_baseline,
     run_store_benchmark,
@@ -25,9 +47,28 @@ from memkv.benchmark import (
 from memkv.errors import MemKVError
 from memkv.local import LocalMemoryStore
 from memkv.store import MemoryStore
-from memkv.urls import open_store
+from memkv.urls import REDIS_SCHEMES, open_store
 
-__all__ = ["main"]
+__all__ = ["cli", "main"]
+
+#: Calls per single-key operation on each local store: about 15 s for the whole default
+#: run on a 2-vCPU VM (see README). Batch operations run 1/100 as many.
+DEFAULT_OPS = 200_000
+DEFAULT_REDIS_OPS = 5_000
+#: A Redis store is preloaded with at most this many entries per ``--redis-ops`` call.
+REDIS_ENTRIES_PER_CALL = 10
+
+_STORE_LABELS = {
+    BASELINE: "dict + async def",
+    LOCAL_CYTHON: "local (cython)",
+    LOCAL_PYTHON: "local (python)",
+    REDIS: "redis",
+}
+_LABELS = {operation.name: operation.label for operation in OPERATIONS}
+
+#: What a user can cause (bad URL, server down, missing extra, unreadable TLS file) and
+#: should see as one line; anything else is a bug and keeps its traceback.
+_USER_ERRORS = (MemKVError, ImportError, OSError, asyncio.TimeoutError, ValueError)
 
 
 class _PythonCoreStore(LocalMemoryStore[Any]):
@@ -36,143 +77,477 @@ class _PythonCoreStore(LocalMemoryStore[Any]):
     _core_type = _core_py.LocalCore
 
 
+# -- errors --------------------------------------------------------------------------------
+
+
+def _url_secrets(url: str) -> set[str]:
+    """Every string that may be the password of ``url``, raw and percent-decoded.
+
+    Works on malformed URLs too (those are the ones that end up in error messages), so
+    each ``@`` of the authority is tried as the end of the user information.
+    """
+    authority = url.partition("://")[2] if "://" in url else url
+    candidates: set[str] = set()
+    for index, char in enumerate(authority):
+        if char == "@":
+            password = authority[:index].partition(":")[2]
+            candidates.update((password, unquote(password)))
+    try:
+        parsed = urlsplit(url).password
+    except ValueError:
+        parsed = None
+    if parsed:
+        candidates.update((parsed, unquote(parsed)))
+    candidates.discard("")
+    return candidates
+
+
+def _one_line(error: BaseException, urls: Sequence[str | None]) -> str:
+    """``error`` as a single line with every password of ``urls`` masked."""
+    if isinstance(error, (MemKVError, ImportError)):
+        text = str(error)  # written for users: they name the problem (or the extra)
+    else:
+        text = f"{type(error).__name__}: {error}"
+    text = " ".join(text.split()) or type(error).__name__
+    secrets = set().union(*(_url_secrets(url) for url in urls if url))
+    # Longest first, so that a password containing another candidate is masked whole.
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+@contextmanager
+def _errors_as_one_line(*urls: str | None) -> Iterator[None]:
+    """Report a user-caused failure as ``Error: <one line>`` and exit 1, not a traceback."""
+    try:
+        yield
+    except _USER_ERRORS as error:
+        raise click.ClickException(_one_line(error, urls)) from None
+
+
+def _note_if_memory(url: str) -> None:
+    """Explain an empty answer: each ``memory://`` URL is a store of its own."""
+    if url.lower().startswith("memory:"):
+        click.echo(
+            "note: memory:// opens a new, empty in-process store; "
+            "inspect a server with a redis:// URL",
+            err=True,
+        )
+
+
+# -- the command group ---------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 99})
+@click.version_option(
+    __version__,
+    "-V",
+    "--version",
+    prog_name="memkv",
+    message=f"%(prog)s %(version)s (local core: {IMPLEMENTATION})",
+)
+def cli() -> None:
+    """memkv: benchmark the local store, and inspect or clear a store by its URL.
+
+    \b
+    Store URLs:
+      memory://                                  a new, empty in-process store
+      redis://[:PASSWORD@]HOST:PORT/DB?namespace=NAME&codec=json
+      rediss://...   unix:///path/to/redis.sock?...   redis+cluster://HOST:PORT?...
+    Redis URLs take socket_timeout, connect_timeout and retries too, e.g.
+    ?connect_timeout=0.5&retries=0 to give up quickly on an unreachable server.
+
+    Errors (bad URL, unreachable server, missing extra) print one line and exit 1;
+    bad options exit 2.
+    """
+
+
+# -- bench ---------------------------------------------------------------------------------
+
+
+def _check_redis_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Accept only URLs of a Redis store for ``--redis`` (never repeating the URL)."""
+    if value is None:
+        return None
+    try:
+        scheme = urlsplit(value).scheme.lower()
+    except ValueError:
+        raise click.BadParameter("not a valid URL", ctx, param) from None
+    if scheme not in REDIS_SCHEMES:
+        raise click.BadParameter(
+            "expected a redis://, rediss://, unix:// or redis+cluster:// URL", ctx, param
+        )
+    return value
+
+
 def _local_stores(core: str) -> list[tuple[str, MemoryStore[Any]]]:
+    """The local stores ``--core`` asks for, as (store id, store)."""
+    if core in ("both", "cython") and IMPLEMENTATION != "cython":
+        if core == "cython":
+            raise click.BadParameter(
+                "the Cython core is not in use here (MEMKV_NO_EXTENSIONS is set, or this "
+                "is not CPython)",
+                param_hint="'--core'",
+            )
+        click.echo("note: the Cython core is not in use; benchmarking the Python core", err=True)
     stores: list[tuple[str, MemoryStore[Any]]] = []
     if core in ("both", "cython") and IMPLEMENTATION == "cython":
-        stores.append(("local (cython)", LocalMemoryStore()))
-    if core in ("both", "python") or not stores:
-        stores.append(("local (python)", _PythonCoreStore()))
+        stores.append((LOCAL_CYTHON, LocalMemoryStore()))
+    if core in ("both", "python"):
+        stores.append((LOCAL_PYTHON, _PythonCoreStore()))
     return stores
 
 
-async def _bench(args: argparse.Namespace, console: Console) -> list[BenchResult]:
-    stores = _local_stores(args.core)
-    plans: list[tuple[str, MemoryStore[Any], int]] = [(n, s, args.ops) for n, s in stores]
-    if args.redis:
-        # Label the store by its repr: the URL itself may hold a password.
-        redis_store = open_store(args.redis)
-        plans.append((repr(redis_store), redis_store, args.redis_ops))
-    total = baseline_calls(args.ops) + sum(planned_calls(calls) for _, _, calls in plans)
-    results: list[BenchResult] = []
-    with Progress(
-        TextColumn("[bold]{task.description:<28}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=args.json or args.quiet,
-    ) as progress:
-        task = progress.add_task("dict + async def", total=total)
+def _open_bench_redis(url: str) -> MemoryStore[Any]:
+    from memkv.redis import RedisMemoryStore  # ImportError names the extra to install
 
-        def advance(done: int) -> None:
-            progress.advance(task, done)
+    return RedisMemoryStore.from_url(url)
 
-        results += await run_baseline(keys=args.keys, calls=args.ops, progress=advance)
-        for name, store, calls in plans:
-            progress.update(task, description=name)
-            async with store:
-                keys = args.keys if calls == args.ops else min(args.keys, 10 * calls)
+
+async def _run_bench(
+    local: list[tuple[str, MemoryStore[Any]]],
+    *,
+    redis_url: str | None,
+    keys: int,
+    ops: int,
+    redis_ops: int,
+    show_progress: bool,
+) -> tuple[list[BenchResult], str | None]:
+    """Run the baseline, then each store; returns the results and the Redis store's repr."""
+    plans = [(name, store, keys, ops) for name, store in local]
+    # A prefix of its own inside the URL's namespace: the run cannot touch other keys,
+    # and still works under an ACL that confines the client to that namespace.
+    run_prefix = f"memkv-bench-{uuid4().hex[:12]}:"
+    redis_description = None
+    async with AsyncExitStack() as stack:
+        for _, store in local:
+            await stack.enter_async_context(store)
+        if redis_url is not None:
+            redis_store = await stack.enter_async_context(_open_bench_redis(redis_url))
+            redis_description = repr(redis_store)  # names server and namespace, no password
+            # Fail now, not after the local runs, when the server cannot be reached.
+            await redis_store.exists(run_prefix)
+            entries = min(keys, REDIS_ENTRIES_PER_CALL * redis_ops)
+            plans.append((REDIS, redis_store, entries, redis_ops))
+        total = baseline_calls(ops) + sum(planned_calls(calls) for *_, calls in plans)
+        # No auto-refresh: a rendering thread would steal time from the timed loops, so
+        # the bar moves when the benchmark reports (several times a second).
+        with Progress(
+            TextColumn("[bold]{task.description:<18}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+            auto_refresh=False,
+            disable=not show_progress,
+        ) as bar:
+            task = bar.add_task(_STORE_LABELS[BASELINE], total=total)
+
+            def advance(operation: Operation, done: int) -> None:
+                bar.update(task, advance=done, refresh=True)
+
+            results = await run_baseline(keys=keys, calls=ops, progress=advance)
+            for name, store, entries, calls in plans:
+                bar.update(task, description=_STORE_LABELS[name], refresh=True)
                 results += await run_store_benchmark(
-                    name, store, keys=keys, calls=calls, progress=advance
+                    name,
+                    store,
+                    keys=entries,
+                    calls=calls,
+                    key_prefix=run_prefix if name == REDIS else "bench:",
+                    progress=advance,
                 )
-    return results
+    return results, redis_description
 
 
-def _table(results: list[BenchResult]) -> Table:
-    baseline = {r.operation: r.ops_per_second for r in results if r.store == "dict + async def"}
-    table = Table(title="memkv bench", show_lines=False)
-    for column in ("store", "operation", "ops/s", "vs dict", "p50 µs", "p99 µs"):
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}x"
+
+
+def _results_table(report: BenchReport) -> Table:
+    table = Table(
+        title=f"memkv bench: {report['keys']:,} entries",
+        caption=(
+            "ops/s: calls per second (get_many and scan: 100 keys a call); p50/p99: "
+            "latency of one call; vs dict: ops/s ÷ a bare dict behind async def"
+        ),
+    )
+    for column in ("store", "operation", "ops/s", "p50 µs", "p99 µs", "vs dict"):
         table.add_column(column, justify="left" if column in ("store", "operation") else "right")
-    for r in results:
-        ratio = baseline.get(r.operation)
-        vs = f"{r.ops_per_second / ratio:.2f}x" if ratio and r.store != "dict + async def" else ""
+    previous = None
+    for row in report["results"]:
+        if previous is not None and row["store"] != previous:
+            table.add_section()
+        previous = row["store"]
         table.add_row(
-            r.store,
-            r.operation,
-            f"{r.ops_per_second:,.0f}",
-            vs,
-            f"{r.p50_us:.2f}",
-            f"{r.p99_us:.2f}",
+            _STORE_LABELS.get(row["store"], row["store"]),
+            _LABELS.get(row["operation"], row["operation"]),
+            f"{row['ops_per_second']:,.0f}",
+            f"{row['p50_us']:.2f}",
+            f"{row['p99_us']:.2f}",
+            _ratio(row["vs_baseline"]),
         )
     return table
 
 
-async def _keys(url: str, prefix: str | None, limit: int) -> list[str]:
+def _speedup_table(report: BenchReport) -> Table:
+    ops_per_second = {
+        (row["store"], row["operation"]): row["ops_per_second"] for row in report["results"]
+    }
+    table = Table(title="Cython core speed-up over the pure-Python core")
+    for column in ("operation", "cython ops/s", "python ops/s", "speed-up"):
+        table.add_column(column, justify="left" if column == "operation" else "right")
+    for name, speedup in report["speedup"].items():
+        table.add_row(
+            _LABELS.get(name, name),
+            f"{ops_per_second[LOCAL_CYTHON, name]:,.0f}",
+            f"{ops_per_second[LOCAL_PYTHON, name]:,.0f}",
+            _ratio(speedup),
+        )
+    return table
+
+
+@cli.command(short_help="Benchmark the local store's two cores (and Redis with --redis).")
+@click.option(
+    "--keys",
+    type=click.IntRange(min=100),
+    default=100_000,
+    show_default=True,
+    help="Entries preloaded into each store (at least 100).",
+)
+@click.option(
+    "--ops",
+    type=click.IntRange(min=100),
+    default=DEFAULT_OPS,
+    show_default=True,
+    help="Calls per single-key operation on the local stores; get_many and scan run "
+    "1/100 as many.",
+)
+@click.option(
+    "--core",
+    type=click.Choice(["both", "cython", "python"]),
+    default="both",
+    show_default=True,
+    help="Which local core(s) to benchmark.",
+)
+@click.option(
+    "--redis",
+    "redis_url",
+    metavar="URL",
+    callback=_check_redis_url,
+    help="Also benchmark the Redis store at URL (needs the redis extra).",
+)
+@click.option(
+    "--redis-ops",
+    type=click.IntRange(min=100),
+    default=DEFAULT_REDIS_OPS,
+    show_default=True,
+    help="Calls per single-key operation on Redis (preloads at most 10 entries per call).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (no progress).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def bench(
+    keys: int,
+    ops: int,
+    core: str,
+    redis_url: str | None,
+    redis_ops: int,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Benchmark the local store on both cores (and a Redis store with --redis).
+
+    Measures get (hit and miss), exists, get_many of 100 keys, scan of a prefix that
+    matches 100 keys, set without and with a TTL, each on a store preloaded with --keys
+    entries, against a bare dict behind `async def` where it can do the same. Prints
+    ops/s and p50/p99 latency per operation, the ratio to the dict, and the speed-up of
+    the Cython core over the pure-Python one. Takes about 15 s at the defaults.
+
+    \b
+    On Redis every key lives under a prefix of its own (memkv-bench-<random>:) in the
+    URL's namespace and is removed at the end; only entries under it are written.
+
+    \b
+    --json prints one object (schema_version 1):
+      {"schema_version": 1, "memkv_version": "0.1.0", "implementation": "cython",
+       "python": "3.11.7", "keys": 100000, "redis": null,
+       "results": [{"store": "local-cython", "operation": "get_hit", "calls": 200000,
+                    "keys_per_call": 1, "entries": 100000, "ops_per_second": 1.2e6,
+                    "keys_per_second": 1.2e6, "p50_us": 0.8, "p99_us": 1.8,
+                    "vs_baseline": 0.74}, ...],
+       "speedup": {"get_hit": 2.4, ...}}
+    store: baseline | local-cython | local-python | redis; operation: get_hit, get_miss,
+    exists, get_many, scan_prefix, set, set_ttl; vs_baseline: ops/s ÷ the baseline's
+    (null for the baseline, Redis, scan_prefix and set_ttl); speedup: Cython ÷ Python
+    ops/s (empty unless both cores ran).
+    """
+    local = _local_stores(core)
+    with _errors_as_one_line(redis_url):
+        results, redis_description = asyncio.run(
+            _run_bench(
+                local,
+                redis_url=redis_url,
+                keys=keys,
+                ops=ops,
+                redis_ops=redis_ops,
+                show_progress=not (as_json or quiet),
+            )
+        )
+    report = bench_report(
+        results, implementation=IMPLEMENTATION, keys=keys, redis=redis_description
+    )
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    console = Console()
+    console.print(_results_table(report))
+    if report["speedup"]:
+        console.print(_speedup_table(report))
+    console.print(f"local core in use: [bold]{IMPLEMENTATION}[/]", highlight=False)
+    if redis_description is not None:
+        console.print(f"redis: {redis_description}", highlight=False, markup=False)
+
+
+# -- inspection ----------------------------------------------------------------------------
+
+
+async def _first_keys(url: str, prefix: str | None, limit: int) -> tuple[list[str], bool]:
+    """Up to ``limit`` keys of the store at ``url``, and whether more were left."""
     async with open_store(url) as store:
         found: list[str] = []
-        async for key in store.scan(prefix):
-            found.append(key)
-            if len(found) >= limit:
-                break
-        return found
+        keys = store.scan(prefix)
+        try:
+            async for key in keys:
+                if len(found) == limit:
+                    return found, True
+                found.append(key)
+        finally:
+            await _aclose(keys)
+        return found, False
 
 
-async def _get(url: str, key: str) -> dict[str, Any] | None:
+async def _aclose(iterator: AsyncIterator[Any]) -> None:
+    """Close an abandoned scan now, while its store is still open."""
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()
+
+
+@cli.command(short_help="List the keys of a store, optionally under a prefix.")
+@click.argument("url")
+@click.argument("prefix", required=False)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Print at most this many keys.",
+)
+def keys(url: str, prefix: str | None, limit: int) -> None:
+    """Print the keys of the store at URL, one a line, optionally only those under PREFIX.
+
+    PREFIX is a literal key prefix (no glob: * and ? are ordinary characters). On Redis
+    only the URL's namespace is listed (namespace=NAME in the URL, else "memkv"), keys
+    without it, in server order; a local store lists them in code-point order.
+    """
+    with _errors_as_one_line(url):
+        found, more = asyncio.run(_first_keys(url, prefix, limit))
+    _note_if_memory(url)
+    for key in found:
+        click.echo(key)
+    if more:
+        click.echo(f"(stopped after {limit} keys; raise --limit to see more)", err=True)
+
+
+async def _read_entry(url: str, key: str) -> MemoryEntry[Any] | None:
     async with open_store(url) as store:
-        entry = await store.get(key)
-        if entry is None:
-            return None
-        return {
-            "key": entry.key,
-            "value": entry.value,
-            "metadata": entry.metadata,
-            "created_at": entry.created_at.isoformat(),
-            "updated_at": entry.updated_at.isoformat(),
-            "expires_at": None if entry.expires_at is None else entry.expires_at.isoformat(),
-        }
+        return await store.get(key)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="memkv", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    bench = commands.add_parser("bench", help="benchmark the local store (and Redis with --redis)")
-    bench.add_argument("--keys", type=int, default=100_000, help="entries to preload (100000)")
-    bench.add_argument("--ops", type=int, default=200_000, help="calls per local operation")
-    bench.add_argument("--core", choices=("both", "cython", "python"), default="both")
-    bench.add_argument("--redis", metavar="URL", help="also benchmark a Redis store at URL")
-    bench.add_argument("--redis-ops", type=int, default=5_000, help="calls per Redis operation")
-    bench.add_argument("--json", action="store_true", help="print results as JSON")
-    bench.add_argument("--quiet", action="store_true", help="no progress bar")
-    keys = commands.add_parser("keys", help="list keys of a store URL, optionally by prefix")
-    keys.add_argument("url")
-    keys.add_argument("prefix", nargs="?")
-    keys.add_argument("--limit", type=int, default=1000)
-    get = commands.add_parser("get", help="print one entry of a store URL as JSON")
-    get.add_argument("url")
-    get.add_argument("key")
-    return parser
+def _entry_json(entry: MemoryEntry[Any]) -> str:
+    document: dict[str, Any] = {
+        "key": entry.key,
+        "value": entry.value,
+        "metadata": entry.metadata,
+        "created_at": entry.created_at.isoformat(),
+        "updated_at": entry.updated_at.isoformat(),
+        "expires_at": None if entry.expires_at is None else entry.expires_at.isoformat(),
+    }
+    try:
+        return json.dumps(document, indent=2, ensure_ascii=False, default=repr)
+    except (TypeError, ValueError):
+        # Keys JSON cannot hold (a tuple) or a cycle: show the value as Python sees it.
+        document["value"] = repr(entry.value)
+        return json.dumps(document, indent=2, ensure_ascii=False, default=repr)
+
+
+@cli.command(short_help="Print one entry of a store as JSON.")
+@click.argument("url")
+@click.argument("key")
+def get(url: str, key: str) -> None:
+    """Print the entry KEY of the store at URL as JSON; exit 1 when there is none.
+
+    \b
+    The object has key, value, metadata, and created_at, updated_at and expires_at
+    (ISO 8601, UTC; expires_at is null without a TTL). A value JSON cannot hold
+    (bytes, for example) is shown as its Python repr.
+    """
+    with _errors_as_one_line(url):
+        entry = asyncio.run(_read_entry(url, key))
+    _note_if_memory(url)
+    if entry is None:
+        click.echo(f"no live entry for key {key!r}", err=True)
+        raise click.exceptions.Exit(1)
+    click.echo(_entry_json(entry))
+
+
+async def _clear(url: str, prefix: str | None, confirm: bool) -> int | None:
+    """Clear the store at ``url`` under ``prefix``; ``None`` when the user said no."""
+    async with open_store(url) as store:
+        if confirm:
+            what = f"every entry under {prefix!r}" if prefix else "EVERY entry"
+            # The store's repr names the server and namespace, never a password.
+            if not click.confirm(f"Remove {what} from {store!r}?", err=True):
+                return None
+        return await store.clear(prefix)
+
+
+@cli.command(short_help="Remove a store's entries under a prefix (or all, with --all).")
+@click.argument("url")
+@click.argument("prefix", required=False)
+@click.option("--all", "clear_all", is_flag=True, help="Clear every entry (give no PREFIX).")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+def clear(url: str, prefix: str | None, clear_all: bool, yes: bool) -> None:
+    """Remove the entries of the store at URL whose keys start with PREFIX.
+
+    Asks first unless --yes. Without a PREFIX (or with an empty one) nothing happens
+    unless --all is given, which clears every entry of the store: on Redis, every key
+    of the URL's namespace and nothing outside it. Prints how many entries went.
+    """
+    if clear_all and prefix:
+        raise click.UsageError("give a PREFIX or --all, not both")
+    if not clear_all and not prefix:
+        raise click.UsageError(
+            "refusing to clear every entry without --all; give a PREFIX, or --all"
+        )
+    with _errors_as_one_line(url):
+        removed = asyncio.run(_clear(url, prefix or None, confirm=not yes))
+    _note_if_memory(url)
+    if removed is None:
+        click.echo("nothing removed", err=True)
+        raise click.exceptions.Exit(1)
+    click.echo(f"removed {removed} {'entry' if removed == 1 else 'entries'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``memkv`` command."""
-    args = _parser().parse_args(argv)
-    console = Console()
+    """Run the ``memkv`` command with ``argv`` (default: ``sys.argv[1:]``); returns the
+    exit status (0 success, 1 error, 2 bad usage) instead of exiting."""
     try:
-        if args.command == "bench":
-            if args.keys < 100 or args.ops < 100 or args.redis_ops < 100:
-                console.print("[red]--keys, --ops and --redis-ops must be at least 100")
-                return 2
-            results = asyncio.run(_bench(args, console))
-            if args.json:
-                print(json.dumps([r.as_dict() for r in results], indent=2))
-            else:
-                console.print(_table(results))
-                console.print(f"local core in use: [bold]{IMPLEMENTATION}[/]")
-        elif args.command == "keys":
-            for key in asyncio.run(_keys(args.url, args.prefix, args.limit)):
-                print(key)
-        else:
-            found = asyncio.run(_get(args.url, args.key))
-            if found is None:
-                console.print(f"[yellow]no live entry for {args.key!r}", highlight=False)
-                return 1
-            print(json.dumps(found, indent=2, default=repr))
-    except (MemKVError, ImportError) as err:
-        console.print(f"[red]error:[/] {err}", highlight=False)
-        return 2
+        cli.main(args=None if argv is None else list(argv), standalone_mode=True)
+    except SystemExit as stop:
+        if stop.code is None or isinstance(stop.code, int):
+            return stop.code or 0
+        return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

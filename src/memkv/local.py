@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from memkv._core import LocalCore, MemoryEntry
-from memkv.store import TTL, BaseMemoryStore, StoreStats
+from memkv._core import OPERATION_COUNTERS, LocalCore, MemoryEntry
+from memkv.store import TTL, BaseMemoryStore, StoreStats, operation_counts
 from memkv.validation import check_batch_size, check_prefix
 
 __all__ = ["LocalMemoryStore"]
@@ -42,14 +43,22 @@ class LocalMemoryStore(BaseMemoryStore[T]):
         self, max_entries: int | None = None, *, clock: Callable[[], float] | None = None
     ) -> None:
         self._core = self._core_type(max_entries, clock)
+        self._errors: Counter[str] = Counter()
 
     @property
     def max_entries(self) -> int | None:
         """The bound given at construction, or ``None``."""
         return self._core.max_entries
 
+    # Each operation counts its failures here (rare, so a Counter will do); the core
+    # counts the rest in C. A try block costs nothing until something raises.
+
     async def get(self, key: str) -> MemoryEntry[T] | None:
-        return self._core.get(key)
+        try:
+            return self._core.get(key)
+        except Exception:
+            self._errors["get"] += 1
+            raise
 
     async def set(
         self,
@@ -58,16 +67,32 @@ class LocalMemoryStore(BaseMemoryStore[T]):
         ttl: TTL = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        self._core.set(key, value, ttl, metadata)
+        try:
+            self._core.set(key, value, ttl, metadata)
+        except Exception:
+            self._errors["set"] += 1
+            raise
 
     async def delete(self, key: str) -> bool:
-        return self._core.delete(key)
+        try:
+            return self._core.delete(key)
+        except Exception:
+            self._errors["delete"] += 1
+            raise
 
     async def exists(self, key: str) -> bool:
-        return self._core.exists(key)
+        try:
+            return self._core.exists(key)
+        except Exception:
+            self._errors["exists"] += 1
+            raise
 
     async def get_many(self, keys: Iterable[str]) -> list[MemoryEntry[T] | None]:
-        return self._core.get_many(keys)
+        try:
+            return self._core.get_many(keys)
+        except Exception:
+            self._errors["get_many"] += 1
+            raise
 
     async def set_many(
         self,
@@ -75,31 +100,53 @@ class LocalMemoryStore(BaseMemoryStore[T]):
         ttl: TTL = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        self._core.set_many(items, ttl, metadata)
+        try:
+            self._core.set_many(items, ttl, metadata)
+        except Exception:
+            self._errors["set_many"] += 1
+            raise
 
     async def delete_many(self, keys: Iterable[str]) -> int:
-        return self._core.delete_many(keys)
+        try:
+            return self._core.delete_many(keys)
+        except Exception:
+            self._errors["delete_many"] += 1
+            raise
 
     async def clear(self, pattern: str | None = None) -> int:
-        return self._core.clear(pattern)
+        try:
+            return self._core.clear(pattern)
+        except Exception:
+            self._errors["clear"] += 1
+            raise
 
     def scan(self, pattern: str | None = None, batch_size: int = 100) -> AsyncIterator[str]:
-        # The cores take a C-sized batch; a larger one means "everything" anyway.
-        return self._scan(check_prefix(pattern), min(check_batch_size(batch_size), sys.maxsize))
+        try:
+            prefix = check_prefix(pattern)
+            # The cores take a C-sized batch; a larger one means "everything" anyway.
+            batch_size = min(check_batch_size(batch_size), sys.maxsize)
+        except Exception:
+            self._errors["scan"] += 1
+            raise
+        return self._scan(prefix, batch_size)
 
     async def _scan(self, prefix: str, batch_size: int) -> AsyncIterator[str]:
         core = self._core
-        keys, cursor = core.scan_batch(prefix, None, batch_size)
-        while True:
-            for key in keys:
-                yield key
-            if cursor is None:
-                return
-            keys, cursor = core.scan_batch(prefix, cursor, batch_size)
-            if keys or cursor is not None:
-                # Let other tasks run between batches: a long scan must not stall the
-                # loop. (Not after the last, empty batch: a full first batch is common.)
-                await asyncio.sleep(0)
+        try:
+            keys, cursor = core.scan_batch(prefix, None, batch_size)
+            while True:
+                for key in keys:
+                    yield key
+                if cursor is None:
+                    return
+                keys, cursor = core.scan_batch(prefix, cursor, batch_size)
+                if keys or cursor is not None:
+                    # Let other tasks run between batches: a long scan must not stall the
+                    # loop. (Not after the last, empty batch: a full first batch is common.)
+                    await asyncio.sleep(0)
+        except Exception:
+            self._errors["scan"] += 1
+            raise
 
     def purge_expired(self) -> int:
         """Remove every expired entry now; returns how many."""
@@ -110,7 +157,9 @@ class LocalMemoryStore(BaseMemoryStore[T]):
         return len(self._core)
 
     def stats(self) -> StoreStats:
-        return StoreStats(*self._core.counters())
+        core = self._core
+        counted = dict(zip(OPERATION_COUNTERS, core.operations(), strict=True))
+        return StoreStats(*core.counters(), operations=operation_counts(counted, self._errors))
 
     def __repr__(self) -> str:
         return f"LocalMemoryStore(max_entries={self.max_entries!r})"

@@ -8,11 +8,13 @@ envelope (``docs/redis-format.md``); expiry is the server's (``PX``). Needs the
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import struct
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any, TypeVar
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 try:
@@ -37,7 +39,7 @@ from memkv.errors import (
     InvalidArgumentError,
     MemKVError,
 )
-from memkv.store import TTL, BaseMemoryStore, StoreStats
+from memkv.store import TTL, BaseMemoryStore, StoreStats, operation_counts
 from memkv.validation import (
     check_batch_size,
     check_items,
@@ -97,6 +99,34 @@ _UNBOUNDED_POOL = 2**31 - 1
 _MAX_TIMESTAMP = 253402300799.0
 #: Keys removed per UNLINK by ``clear``.
 _CLEAR_BATCH = 500
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _counts_errors(
+    operation: str,
+) -> Callable[
+    [Callable[Concatenate[RedisMemoryStore[Any], P], Coroutine[Any, Any, R]]],
+    Callable[Concatenate[RedisMemoryStore[Any], P], Coroutine[Any, Any, R]],
+]:
+    """Count every failure of the decorated operation in ``stats().operations``."""
+
+    def decorate(
+        method: Callable[Concatenate[RedisMemoryStore[Any], P], Coroutine[Any, Any, R]],
+    ) -> Callable[Concatenate[RedisMemoryStore[Any], P], Coroutine[Any, Any, R]]:
+        @functools.wraps(method)
+        async def counted(self: RedisMemoryStore[Any], /, *args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return await method(self, *args, **kwargs)
+            except Exception:
+                self._errors[operation] += 1
+                raise
+
+        return counted
+
+    return decorate
+
 
 _CODEC_NAMES = {number: codec.name for codec, number in CODEC_IDS.items()}
 _metadata_encoder = msgspec.msgpack.Encoder()
@@ -414,6 +444,8 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             self._client = url_or_client
             self._owns_client = False
         self._gets = self._hits = self._misses = self._sets = self._deletes = 0
+        self._ops: Counter[tuple[str, str]] = Counter()
+        self._errors: Counter[str] = Counter()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisMemoryStore[Any]:
@@ -522,6 +554,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
 
     # -- single keys -----------------------------------------------------------------
 
+    @_counts_errors("get")
     async def get(self, key: str) -> MemoryEntry[T] | None:
         redis_key = self._redis_key(key)
         try:
@@ -532,10 +565,14 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         self._gets += 1
         if data is None:
             self._misses += 1
+            self._ops["get", "miss"] += 1
             return None
+        entry = self._entry(key, data)
         self._hits += 1
-        return self._entry(key, data)
+        self._ops["get", "hit"] += 1
+        return entry
 
+    @_counts_errors("set")
     async def set(
         self,
         key: str,
@@ -556,7 +593,9 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         except _FAILURES as err:
             raise self._error(err) from err
         self._sets += 1
+        self._ops["set", "ok"] += 1
 
+    @_counts_errors("delete")
     async def delete(self, key: str) -> bool:
         redis_key = self._redis_key(key)
         try:
@@ -564,21 +603,26 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         except _FAILURES as err:
             raise self._error(err) from err
         self._deletes += removed
+        self._ops["delete", "hit" if removed else "miss"] += 1
         return bool(removed)
 
+    @_counts_errors("exists")
     async def exists(self, key: str) -> bool:
         redis_key = self._redis_key(key)
         try:
             count = await self._client.exists(redis_key)
         except _FAILURES as err:
             raise self._error(err) from err
+        self._ops["exists", "hit" if count else "miss"] += 1
         return bool(count)
 
     # -- batches -----------------------------------------------------------------------
 
+    @_counts_errors("get_many")
     async def get_many(self, keys: Iterable[str]) -> list[MemoryEntry[T] | None]:
         checked = check_keys(keys)
         if not checked:
+            self._ops["get_many", "ok"] += 1
             return []
         redis_keys = [self._redis_key(key) for key in checked]
         try:
@@ -597,8 +641,10 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         self._gets += len(found)
         self._hits += hits
         self._misses += len(found) - hits
+        self._ops["get_many", "ok"] += 1
         return found
 
+    @_counts_errors("set_many")
     async def set_many(
         self,
         items: Mapping[str, T] | Iterable[tuple[str, T]],
@@ -609,6 +655,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         seconds = ttl_seconds(ttl)
         meta = check_metadata(metadata)
         if not pairs:
+            self._ops["set_many", "ok"] += 1
             return
         now = time.time()
         # Encode everything first: a value the codec rejects must leave nothing written.
@@ -629,6 +676,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         except _FAILURES as err:
             raise self._error(err) from err
         self._sets += len(pairs)
+        self._ops["set_many", "ok"] += 1
 
     async def _pipeline_set(
         self, commands: list[tuple[bytes, bytes, int]], *, use_sha: bool
@@ -642,12 +690,12 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         results: list[Any] = await pipe.execute(raise_on_error=False)
         return results
 
+    @_counts_errors("delete_many")
     async def delete_many(self, keys: Iterable[str]) -> int:
         checked = check_keys(keys)
-        if not checked:
-            return 0
-        removed = await self._unlink([self._redis_key(key) for key in checked])
+        removed = await self._unlink([self._redis_key(key) for key in checked]) if checked else 0
         self._deletes += removed
+        self._ops["delete_many", "ok"] += 1
         return removed
 
     async def _unlink(self, redis_keys: list[bytes]) -> int:
@@ -666,26 +714,41 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         primary of a cluster; keys the server repeats are yielded once (the keys seen
         so far are remembered, so memory grows with the number of matches).
         """
-        prefix = check_prefix(pattern)
-        count = check_batch_size(batch_size)
+        try:
+            prefix = check_prefix(pattern)
+            count = check_batch_size(batch_size)
+        except Exception:
+            self._errors["scan"] += 1
+            raise
         return self._scan(prefix, count)
 
     async def _scan(self, prefix: str, count: int) -> AsyncIterator[str]:
         strip = len(self._prefix)
-        async for redis_key in self._scan_redis_keys(prefix, count):
-            try:
-                key = redis_key[strip:].decode("utf-8", "surrogatepass")
-            except UnicodeDecodeError:
-                continue  # written by another client: no str key maps to these bytes
-            yield key
+        try:
+            async for redis_key in self._scan_redis_keys(prefix, count, counted="scan"):
+                try:
+                    key = redis_key[strip:].decode("utf-8", "surrogatepass")
+                except UnicodeDecodeError:
+                    continue  # written by another client: no str key maps to these bytes
+                yield key
+        except Exception:
+            self._errors["scan"] += 1
+            raise
 
-    async def _scan_redis_keys(self, prefix: str, count: int) -> AsyncIterator[bytes]:
+    async def _scan_redis_keys(
+        self, prefix: str, count: int, counted: str | None = None
+    ) -> AsyncIterator[bytes]:
+        """Every Redis key under ``prefix``, once; ``counted`` names the operation
+        whose ``ok`` count the first page read adds to."""
         match = _glob_escape(self._redis_key(prefix)) + b"*"
         seen: set[bytes] = set()
         for node in await self._scan_targets():
             cursor = 0
             while True:
                 cursor, redis_keys = await self._scan_page(node, cursor, match, count)
+                if counted is not None:
+                    self._ops[counted, "ok"] += 1
+                    counted = None
                 for redis_key in redis_keys:
                     if redis_key not in seen:
                         seen.add(redis_key)
@@ -718,6 +781,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         next_cursor, redis_keys = reply
         return int(next_cursor), redis_keys
 
+    @_counts_errors("clear")
     async def clear(self, pattern: str | None = None) -> int:
         """Remove this store's keys that start with ``pattern`` (all when ``None``).
 
@@ -735,6 +799,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         if batch:
             removed += await self._unlink(batch)
         self._deletes += removed
+        self._ops["clear", "ok"] += 1
         return removed
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -747,6 +812,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             sets=self._sets,
             deletes=self._deletes,
             entries=None,
+            operations=operation_counts(self._ops, self._errors),
         )
 
     async def close(self) -> None:

@@ -5,18 +5,64 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import timedelta
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from memkv._core import MemoryEntry
+from memkv.latency import LatencyHistogram, LatencySnapshot, timed_call, timed_scan
 from memkv.validation import check_items, check_keys, check_metadata, check_prefix, ttl_seconds
 
-__all__ = ["TTL", "BaseMemoryStore", "MemoryStore", "StoreStats"]
+__all__ = [
+    "OPERATIONS",
+    "TTL",
+    "BaseMemoryStore",
+    "MemoryStore",
+    "StoreStats",
+    "operation_counts",
+]
 
 T = TypeVar("T")
 
 #: A time to live: a ``timedelta`` or seconds as ``int``/``float``; ``None`` never expires.
 TTL = timedelta | int | float | None
+
+
+#: Every operation a store counts, with the results a call can have. ``get``,
+#: ``exists`` and ``delete`` end in a ``hit`` (a live entry was found) or a ``miss``;
+#: the others in ``ok``; any call that raises counts as an ``error``.
+OPERATIONS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "get": ("hit", "miss", "error"),
+        "set": ("ok", "error"),
+        "delete": ("hit", "miss", "error"),
+        "exists": ("hit", "miss", "error"),
+        "scan": ("ok", "error"),
+        "clear": ("ok", "error"),
+        "get_many": ("ok", "error"),
+        "set_many": ("ok", "error"),
+        "delete_many": ("ok", "error"),
+    }
+)
+
+_NO_OPERATIONS: Mapping[tuple[str, str], int] = MappingProxyType({})
+
+
+def operation_counts(
+    counted: Mapping[tuple[str, str], int], errors: Mapping[str, int]
+) -> Mapping[tuple[str, str], int]:
+    """Every ``(operation, result)`` of ``OPERATIONS`` with its count (zero if absent).
+
+    ``counted`` holds the hit/miss/ok calls, ``errors`` the failed calls by operation.
+    """
+    return MappingProxyType(
+        {
+            (operation, result): errors.get(operation, 0)
+            if result == "error"
+            else counted.get((operation, result), 0)
+            for operation, results in OPERATIONS.items()
+            for result in results
+        }
+    )
 
 
 class StoreStats(NamedTuple):
@@ -28,6 +74,11 @@ class StoreStats(NamedTuple):
     dropped because their TTL ran out; ``evictions`` counts entries dropped to respect
     ``max_entries``. ``entries`` is how many entries the store holds (including expired
     ones not yet purged), or ``None`` where the store cannot tell cheaply.
+
+    ``operations`` counts calls by ``(operation, result)`` for every pair of
+    ``OPERATIONS`` (``("get", "hit")``, ``("set", "error")``, …): one per call, so a
+    ``get_many`` of 100 keys is one ``("get_many", "ok")`` and 100 ``gets``. A scan
+    counts when its first batch is read. Stores that do not count calls leave it empty.
     """
 
     gets: int = 0
@@ -38,6 +89,7 @@ class StoreStats(NamedTuple):
     expired: int = 0
     evictions: int = 0
     entries: int | None = None
+    operations: Mapping[tuple[str, str], int] = _NO_OPERATIONS
 
     @property
     def hit_rate(self) -> float:
@@ -125,6 +177,39 @@ class MemoryStore(abc.ABC, Generic[T]):
     @abc.abstractmethod
     def stats(self) -> StoreStats:
         """A snapshot of this store's counters (see ``StoreStats``)."""
+
+    def record_latency(self, enabled: bool = True) -> None:
+        """Opt this store in to (or out of) operation latency histograms.
+
+        Enabled, every operation of ``OPERATIONS`` on this store object is timed into
+        a per-operation histogram that ``latency()`` reads and the Prometheus exporter
+        publishes as ``memkv_operation_duration_seconds`` (a scan counts once, for the
+        time spent inside the store). It costs a wrapper coroutine, two clock reads
+        and a bucket count per call: about 0.5-0.8 µs measured in ``bench/``, which
+        halves a local ``get``'s rate but is noise next to a Redis round trip.
+        Disabled (the default), no operation is touched. Enabling twice keeps the
+        histograms; disabling drops them.
+        """
+        if not enabled:
+            for name in (*OPERATIONS, "_latency"):
+                vars(self).pop(name, None)
+            return
+        if "_latency" in vars(self):
+            return
+        histograms = {name: LatencyHistogram() for name in OPERATIONS}
+        for name, histogram in histograms.items():
+            method = getattr(self, name)
+            timed = (
+                timed_scan(method, histogram) if name == "scan" else timed_call(method, histogram)
+            )
+            # An instance attribute shadows the class's method for this object only.
+            setattr(self, name, timed)
+        self._latency = histograms
+
+    def latency(self) -> Mapping[str, LatencySnapshot]:
+        """Latency histograms by operation (empty unless ``record_latency()`` is on)."""
+        histograms: dict[str, LatencyHistogram] = vars(self).get("_latency", {})
+        return {name: histogram.snapshot() for name, histogram in histograms.items()}
 
     async def __aenter__(self: _S) -> _S:
         return self

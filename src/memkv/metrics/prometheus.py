@@ -4,8 +4,20 @@
 >>> from memkv.metrics.prometheus import StoreCollector
 >>> REGISTRY.register(StoreCollector(manager))  # doctest: +SKIP
 
-Exports ``memkv_<counter>_total{store="name"}`` for each ``StoreStats`` counter and the
-gauge ``memkv_entries{store="name"}`` where a store knows its size.
+Exports, each labelled with the store's name (``store``):
+
+- ``memkv_operations_total{operation, result}``: calls by operation (``get``, ``set``,
+  ``delete``, ``exists``, ``scan``, ``clear``, ``get_many``, ``set_many``,
+  ``delete_many``) and result (``hit``, ``miss``, ``ok``, ``error``);
+- ``memkv_lookups_total{result}``: keys read by ``get`` and ``get_many``, by ``hit`` or
+  ``miss`` (the hit ratio, batches included);
+- ``memkv_entries``: entries held (gauge; only for stores that know it cheaply);
+- ``memkv_expired_total``, ``memkv_evictions_total``: entries dropped by TTL or by
+  ``max_entries``;
+- ``memkv_operation_duration_seconds{operation}``: a histogram, for stores that called
+  ``record_latency()``.
+
+Nothing is computed between scrapes: a scrape reads each store's ``stats()`` once.
 """
 
 from __future__ import annotations
@@ -13,36 +25,77 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 try:
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
     from prometheus_client.registry import Collector
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
         'memkv.metrics.prometheus needs prometheus_client: pip install "memkv[prometheus]"'
     ) from err
 
-from memkv.metrics import COUNTERS, StoreSource, snapshot
+from memkv.metrics import StoreSource, snapshot
 
 __all__ = ["StoreCollector"]
 
 
 class StoreCollector(Collector):
-    """Collects every store's ``stats()`` when Prometheus scrapes; costs nothing between."""
+    """Collects every store's figures when Prometheus scrapes; costs nothing between.
+
+    ``namespace`` replaces the ``memkv`` prefix of every metric name.
+    """
 
     def __init__(self, source: StoreSource, namespace: str = "memkv") -> None:
         self._source = source
         self._namespace = namespace
 
     def collect(self) -> Iterator[Metric]:
-        stats = list(snapshot(self._source))
-        for field, help_text in COUNTERS.items():
-            family = CounterMetricFamily(f"{self._namespace}_{field}", help_text, labels=["store"])
-            for name, snap in stats:
-                family.add_metric([name], getattr(snap, field))
-            yield family
-        entries = GaugeMetricFamily(
-            f"{self._namespace}_entries", "Entries held by the store", labels=["store"]
+        ns = self._namespace
+        samples = list(snapshot(self._source))
+        operations = CounterMetricFamily(
+            f"{ns}_operations",
+            "Store calls by operation and result (hit, miss, ok, error)",
+            labels=["store", "operation", "result"],
         )
-        for name, snap in stats:
-            if snap.entries is not None:
-                entries.add_metric([name], snap.entries)
-        yield entries
+        lookups = CounterMetricFamily(
+            f"{ns}_lookups",
+            "Keys read by get and get_many, by result (hit or miss)",
+            labels=["store", "result"],
+        )
+        entries = GaugeMetricFamily(f"{ns}_entries", "Entries held by the store", labels=["store"])
+        expired = CounterMetricFamily(
+            f"{ns}_expired", "Entries dropped because their TTL ran out", labels=["store"]
+        )
+        evictions = CounterMetricFamily(
+            f"{ns}_evictions", "Entries dropped to respect max_entries", labels=["store"]
+        )
+        durations = HistogramMetricFamily(
+            f"{ns}_operation_duration_seconds",
+            "Time spent in store calls, for stores that record latency",
+            labels=["store", "operation"],
+        )
+        for name, stats, latency in samples:
+            for (operation, result), count in stats.operations.items():
+                operations.add_metric([name, operation, result], count)
+            lookups.add_metric([name, "hit"], stats.hits)
+            lookups.add_metric([name, "miss"], stats.misses)
+            if stats.entries is not None:
+                entries.add_metric([name], stats.entries)
+            expired.add_metric([name], stats.expired)
+            evictions.add_metric([name], stats.evictions)
+            for operation, histogram in latency.items():
+                durations.add_metric(
+                    [name, operation],
+                    [(_bound(bound), count) for bound, count in histogram.cumulative()],
+                    histogram.total,
+                )
+        yield from (operations, lookups, entries, expired, evictions)
+        if durations.samples:
+            yield durations
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
