@@ -154,6 +154,30 @@ def test_get_vs_raw_redis_py(benchmark: Any, runner: asyncio.Runner, store: Any,
     run_once(benchmark, runner, ours, BURST // 4)
 
 
+def test_get_with_latency_histograms_vs_without(
+    benchmark: Any, runner: asyncio.Runner, store: Any, url: str
+) -> None:
+    """``record_latency()`` on a Redis store: its cost next to a network round trip."""
+    timed: RedisMemoryStore[Any] = RedisMemoryStore(url, namespace="bench")
+    timed.record_latency()
+    runner.run(store.set("k", VALUE))
+
+    def gets(target: RedisMemoryStore[Any]) -> Burst:
+        async def burst(ops: int) -> None:
+            get = target.get
+            for _ in range(ops):
+                await get("k")
+
+        return burst
+
+    try:
+        result = runner.run(paired(gets(timed), gets(store), BURST))
+        report(benchmark, "get with latency histograms vs without", "timed", "plain", result, None)
+        run_once(benchmark, runner, gets(timed), BURST // 4)
+    finally:
+        runner.run(timed.close())
+
+
 def test_set_vs_raw_redis_py(benchmark: Any, runner: asyncio.Runner, store: Any, raw: Any) -> None:
     runner.run(store.set("k", VALUE))
     envelope = runner.run(raw.get(b"bench:k"))
