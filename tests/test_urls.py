@@ -37,3 +37,12 @@ def test_bad_urls_raise_value_errors_naming_the_problem(url: str, named: str) ->
 def test_non_str_url_raises() -> None:
     with pytest.raises(InvalidArgumentError):
         open_store(123)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:secret@[::1", "memory://[::1", "redis://:secret@host:99999/0"]
+)
+def test_a_malformed_url_is_an_invalid_argument_without_the_password(url: str) -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        open_store(url)
+    assert "secret" not in str(raised.value)

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from typing import Any, Concatenate, ParamSpec, TypeVar
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlunsplit
 
 try:
     import msgspec
@@ -47,6 +47,7 @@ from memkv.validation import (
     check_keys,
     check_metadata,
     check_prefix,
+    split_url,
     ttl_seconds,
 )
 
@@ -267,7 +268,7 @@ _SCHEMES = {
 def _parse_url(url: str) -> tuple[str, bool, str, dict[str, Any], dict[str, Any]]:
     """Split a store URL into (client URL, cluster?, server label, store options,
     client options). Messages never repeat the URL: it may hold a password."""
-    parts = urlsplit(url)
+    parts = split_url(url)
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
         raise InvalidArgumentError(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 from memkv.errors import InvalidArgumentError
 from memkv.store import MemoryStore
+from memkv.validation import split_url
 
 __all__ = ["REDIS_SCHEMES", "open_store"]
 
@@ -26,7 +27,7 @@ def open_store(url: str) -> MemoryStore[Any]:
     """
     if not isinstance(url, str):
         raise InvalidArgumentError(f"a store URL must be a str, not {type(url).__name__}")
-    scheme = urlsplit(url).scheme.lower()
+    scheme = split_url(url).scheme.lower()
     if scheme == "memory":
         return _open_memory(url)
     if scheme in REDIS_SCHEMES:
@@ -43,7 +44,7 @@ def open_store(url: str) -> MemoryStore[Any]:
 def _open_memory(url: str) -> MemoryStore[Any]:
     from memkv.local import LocalMemoryStore
 
-    parts = urlsplit(url)
+    parts = split_url(url)
     if parts.netloc or parts.path not in ("", "/"):
         raise InvalidArgumentError("memory:// takes no host or path")
     max_entries: int | None = None
