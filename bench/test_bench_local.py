@@ -80,6 +80,19 @@ def named_core(name: str) -> Any:
 BOTH_CORES = pytest.mark.parametrize("core_name", ["cython", "python"])
 
 
+def awaited_gets(
+    loop: asyncio.AbstractEventLoop, store: LocalMemoryStore[Any], order: list[str]
+) -> Callable[[], None]:
+    """A burst: ``await store.get(key)`` for every key of ``order``, on ``loop``."""
+
+    async def run() -> None:
+        get = store.get
+        for key in order:
+            await get(key)
+
+    return runner(loop, run)
+
+
 # -- awaited calls against a bare async dict -----------------------------------------
 
 
@@ -101,12 +114,8 @@ def test_get_hit_vs_bare_async_dict(
         for key in order:
             await bare_get(key)
 
-    async def memkv() -> None:
-        get = store.get
-        for key in order:
-            await get(key)
-
-    subject, baseline = paired(runner(loop, memkv), runner(loop, bare))
+    memkv = awaited_gets(loop, store, order)
+    subject, baseline = paired(memkv, runner(loop, bare))
     ratio = baseline / subject
     record(
         Figure(
@@ -120,7 +129,7 @@ def test_get_hit_vs_bare_async_dict(
     )
     assert_floor(KEYS, subject)
     benchmark.extra_info["ratio_vs_bare_async_dict"] = ratio
-    benchmark.pedantic(runner(loop, memkv), rounds=1 if GATE else 3)
+    benchmark.pedantic(memkv, rounds=1 if GATE else 3)
 
 
 @BOTH_CORES
@@ -333,12 +342,7 @@ def test_get_with_exporters_registered_vs_without(
     instrument(provider.get_meter("bench"), {"exported": exported})
 
     def gets(store: LocalMemoryStore[Any]) -> Callable[[], Any]:
-        async def run() -> None:
-            get = store.get
-            for key in order:
-                await get(key)
-
-        return runner(loop, run)
+        return awaited_gets(loop, store, order)
 
     # Alternating bursts, best of each, with a scrape of both exporters before every
     # burst of the exported store (as in production, between calls, never timed).
@@ -379,12 +383,7 @@ def test_get_with_latency_histograms_vs_without(
     timed.record_latency()
 
     def gets(store: LocalMemoryStore[Any]) -> Callable[[], Any]:
-        async def run() -> None:
-            get = store.get
-            for key in order:
-                await get(key)
-
-        return runner(loop, run)
+        return awaited_gets(loop, store, order)
 
     subject, baseline = paired(gets(timed), gets(plain))
     ratio = baseline / subject

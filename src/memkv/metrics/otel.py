@@ -22,6 +22,7 @@ each call into a synchronous one would put the metrics library on the hot path.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 try:
     from opentelemetry.metrics import CallbackOptions, Meter, Observation
@@ -35,19 +36,15 @@ from memkv.metrics import StoreSample, StoreSource, snapshot
 __all__ = ["instrument"]
 
 
+#: Turns one store's sample into an instrument's observations.
+Observer = Callable[[StoreSample], Iterable[Observation]]
+
+
 def instrument(meter: Meter, source: StoreSource, prefix: str = "memkv") -> None:
     """Register observable instruments on ``meter`` for every store of ``source``.
 
     Stores registered on a manager later are picked up at the next collection.
     """
-
-    def observer(
-        observe: Callable[[StoreSample], Iterable[Observation]],
-    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        def callback(options: CallbackOptions) -> Iterable[Observation]:
-            return [point for sample in snapshot(source) for point in observe(sample)]
-
-        return callback
 
     def operations(sample: StoreSample) -> Iterable[Observation]:
         for (operation, result), count in sample.stats.operations.items():
@@ -69,33 +66,29 @@ def instrument(meter: Meter, source: StoreSource, prefix: str = "memkv") -> None
     def evictions(sample: StoreSample) -> Iterable[Observation]:
         yield Observation(sample.stats.evictions, {"store": sample.name})
 
-    meter.create_observable_counter(
-        f"{prefix}.operations",
-        callbacks=[observer(operations)],
-        unit="{call}",
-        description="Store calls by operation and result (hit, miss, ok, error)",
-    )
-    meter.create_observable_counter(
-        f"{prefix}.lookups",
-        callbacks=[observer(lookups)],
-        unit="{key}",
-        description="Keys read by get and get_many, by result (hit or miss)",
-    )
-    meter.create_observable_gauge(
-        f"{prefix}.entries",
-        callbacks=[observer(entries)],
-        unit="{entry}",
-        description="Entries held by the store",
-    )
-    meter.create_observable_counter(
-        f"{prefix}.expired",
-        callbacks=[observer(expired)],
-        unit="{entry}",
-        description="Entries dropped because their TTL ran out",
-    )
-    meter.create_observable_counter(
-        f"{prefix}.evictions",
-        callbacks=[observer(evictions)],
-        unit="{entry}",
-        description="Entries dropped to respect max_entries",
-    )
+    counter, gauge = meter.create_observable_counter, meter.create_observable_gauge
+    instruments: list[tuple[Any, str, Observer, str, str]] = [
+        (counter, "operations", operations, "{call}", "Store calls by operation and result"),
+        (counter, "lookups", lookups, "{key}", "Keys read by get and get_many, by result"),
+        (gauge, "entries", entries, "{entry}", "Entries held by the store"),
+        (counter, "expired", expired, "{entry}", "Entries dropped because their TTL ran out"),
+        (counter, "evictions", evictions, "{entry}", "Entries dropped to respect max_entries"),
+    ]
+    for create, name, observe, unit, description in instruments:
+        create(
+            f"{prefix}.{name}",
+            callbacks=[_callback(source, observe)],
+            unit=unit,
+            description=description,
+        )
+
+
+def _callback(
+    source: StoreSource, observe: Observer
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    """An instrument callback: reads every store of ``source`` when the reader collects."""
+
+    def callback(options: CallbackOptions) -> Iterable[Observation]:
+        return [point for sample in snapshot(source) for point in observe(sample)]
+
+    return callback
