@@ -36,6 +36,8 @@ from memkv.errors import (
     InvalidMetadataError,
     InvalidTTLError,
     MemKVError,
+    ReentrantCallError,
+    StoreClosedError,
 )
 from memkv.integrations.langchain import MemkvByteStore, MemkvStore
 from memkv.store import TTL
@@ -423,7 +425,7 @@ def test_an_unclosed_key_generator_does_not_outlive_close() -> None:
     assert next(keys) == "a"
     adapter.close()  # finishes the scan still open on the worker
     assert store.scans_closed == 1
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(StoreClosedError, match="closed"):
         list(keys)
 
 
@@ -533,14 +535,32 @@ async def test_sync_calls_work_inside_a_running_loop(memory_store: MemoryStore[A
         await adapter.amdelete(["async"])
 
 
-async def test_async_calls_on_a_local_store_need_no_worker_thread(core: str) -> None:
+async def test_a_local_store_needs_no_worker_thread_sync_or_async(core: str) -> None:
     async with MemkvStore(local_store_type(core)()) as adapter:
         await adapter.amset([("a", 1)])
         assert await adapter.amget(["a"]) == [1]
         assert [key async for key in adapter.ayield_keys()] == ["a"]
         await adapter.amdelete(["a"])
+        # Sync calls run LocalMemoryStore's operations to the end in this thread.
+        adapter.mset([(f"k{i:03}", i) for i in range(250)])
+        assert adapter.mget(["k001"]) == [1]
+        assert len(list(adapter.yield_keys(prefix="k"))) == 250  # several scan batches
+        keys = adapter.yield_keys(prefix="k")
+        assert next(keys) == "k000"
+        keys.close()  # an unfinished scan is closed here too
+        adapter.mdelete(["k001"])
         assert worker_threads() == []
-        adapter.mget(["a"])  # the first sync call starts the worker
+
+
+def test_a_local_store_subclass_with_its_own_operations_runs_on_the_worker(core: str) -> None:
+    class Remote(local_store_type(core)):  # type: ignore[misc]
+        async def get_many(self, keys: Any) -> Any:
+            await asyncio.sleep(0.001)  # waits on a future: needs a real event loop
+            return await super().get_many(keys)
+
+    with MemkvStore(Remote()) as adapter:
+        adapter.mset([("a", 1)])
+        assert adapter.mget(["a"]) == [1]
         assert len(worker_threads()) == 1
 
 
@@ -620,7 +640,7 @@ def test_a_sync_call_from_inside_the_store_raises_instead_of_deadlocking() -> No
         store.adapter = adapter
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             call = pool.submit(adapter.mget, ["key"])
-            with pytest.raises(RuntimeError, match="deadlock"):
+            with pytest.raises(ReentrantCallError, match="deadlock"):
                 call.result(timeout=10)
 
 
@@ -661,11 +681,11 @@ def test_close_stops_the_worker_closes_the_store_and_is_final() -> None:
     assert store.closed == 1
     adapter.close()  # safe twice
     assert store.closed == 1
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(StoreClosedError, match="closed"):
         adapter.mget(["a"])
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(StoreClosedError, match="closed"):
         adapter.yield_keys()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(StoreClosedError, match="closed"):
         asyncio.run(adapter.amset([("a", 1)]))
     assert worker_threads() == []
 
@@ -681,9 +701,9 @@ async def test_async_close_closes_a_local_store_on_the_callers_loop() -> None:
         adapter.mset([("a", 1)])
     assert closed == [asyncio.get_running_loop()]
     assert worker_threads() == []
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(StoreClosedError, match="closed"):
         await adapter.amget(["a"])
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(StoreClosedError, match="closed"):
         adapter.ayield_keys()
     await adapter.aclose()  # safe twice
     assert len(closed) == 1

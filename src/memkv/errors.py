@@ -13,6 +13,7 @@ __all__ = [
     "InvalidTTLError",
     "MemKVError",
     "ReentrantCallError",
+    "StoreClosedError",
     "StoreNotFoundError",
 ]
 
@@ -59,7 +60,15 @@ class AccessDeniedError(MemKVError, PermissionError):
 
 
 class ReentrantCallError(MemKVError, RuntimeError):
-    """The pure-Python local core was called from a finalizer during its own operation."""
+    """A call that would deadlock: made from inside an operation that must finish first.
+
+    The local core called from its own injected clock or from a finalizer during one of
+    its operations; a LangChain adapter's sync method called from inside its own store.
+    """
+
+
+class StoreClosedError(MemKVError, RuntimeError):
+    """An object that was closed for good was used again (a LangChain adapter)."""
 
 
 class BackendError(MemKVError, RuntimeError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -44,20 +45,22 @@ class LocalMemoryStore(BaseMemoryStore[T]):
     ) -> None:
         self._core = self._core_type(max_entries, clock)
         self._errors: Counter[str] = Counter()
+        # Reentrant: a finalizer run by the cyclic GC inside the lock may fail a call too.
+        self._errors_lock = threading.RLock()
 
     @property
     def max_entries(self) -> int | None:
         """The bound given at construction, or ``None``."""
         return self._core.max_entries
 
-    # Each operation counts its failures here (rare, so a Counter will do); the core
-    # counts the rest in C. A try block costs nothing until something raises.
+    # Each operation counts its failures here (rare, so a locked Counter will do); the
+    # core counts the rest. A try block costs nothing until something raises.
 
     async def get(self, key: str) -> MemoryEntry[T] | None:
         try:
             return self._core.get(key)
         except Exception:
-            self._errors["get"] += 1
+            self._failed("get")
             raise
 
     async def set(
@@ -70,28 +73,28 @@ class LocalMemoryStore(BaseMemoryStore[T]):
         try:
             self._core.set(key, value, ttl, metadata)
         except Exception:
-            self._errors["set"] += 1
+            self._failed("set")
             raise
 
     async def delete(self, key: str) -> bool:
         try:
             return self._core.delete(key)
         except Exception:
-            self._errors["delete"] += 1
+            self._failed("delete")
             raise
 
     async def exists(self, key: str) -> bool:
         try:
             return self._core.exists(key)
         except Exception:
-            self._errors["exists"] += 1
+            self._failed("exists")
             raise
 
     async def get_many(self, keys: Iterable[str]) -> list[MemoryEntry[T] | None]:
         try:
             return self._core.get_many(keys)
         except Exception:
-            self._errors["get_many"] += 1
+            self._failed("get_many")
             raise
 
     async def set_many(
@@ -103,21 +106,21 @@ class LocalMemoryStore(BaseMemoryStore[T]):
         try:
             self._core.set_many(items, ttl, metadata)
         except Exception:
-            self._errors["set_many"] += 1
+            self._failed("set_many")
             raise
 
     async def delete_many(self, keys: Iterable[str]) -> int:
         try:
             return self._core.delete_many(keys)
         except Exception:
-            self._errors["delete_many"] += 1
+            self._failed("delete_many")
             raise
 
     async def clear(self, pattern: str | None = None) -> int:
         try:
             return self._core.clear(pattern)
         except Exception:
-            self._errors["clear"] += 1
+            self._failed("clear")
             raise
 
     def scan(self, pattern: str | None = None, batch_size: int = 100) -> AsyncIterator[str]:
@@ -126,7 +129,7 @@ class LocalMemoryStore(BaseMemoryStore[T]):
             # The cores take a C-sized batch; a larger one means "everything" anyway.
             batch_size = min(check_batch_size(batch_size), sys.maxsize)
         except Exception:
-            self._errors["scan"] += 1
+            self._failed("scan")
             raise
         return self._scan(prefix, batch_size)
 
@@ -145,8 +148,14 @@ class LocalMemoryStore(BaseMemoryStore[T]):
                     # loop. (Not after the last, empty batch: a full first batch is common.)
                     await asyncio.sleep(0)
         except Exception:
-            self._errors["scan"] += 1
+            self._failed("scan")
             raise
+
+    def _failed(self, operation: str) -> None:
+        """Count a failed call (the core counts the others, in C)."""
+        # Locked: threads may share a local store, and a Counter's += is not atomic.
+        with self._errors_lock:
+            self._errors[operation] += 1
 
     def purge_expired(self) -> int:
         """Remove every expired entry now; returns how many."""
@@ -159,7 +168,9 @@ class LocalMemoryStore(BaseMemoryStore[T]):
     def stats(self) -> StoreStats:
         core = self._core
         counted = dict(zip(OPERATION_COUNTERS, core.operations(), strict=True))
-        return StoreStats(*core.counters(), operations=operation_counts(counted, self._errors))
+        with self._errors_lock:
+            errors = dict(self._errors)
+        return StoreStats(*core.counters(), operations=operation_counts(counted, errors))
 
     def __repr__(self) -> str:
         return f"LocalMemoryStore(max_entries={self.max_entries!r})"
