@@ -6,6 +6,7 @@ Every test here runs against real servers started by ``tests/redis_servers.py``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import signal
 import struct
@@ -22,6 +23,7 @@ from memkv.errors import (
     BackendError,
     BackendUnavailableError,
     CodecError,
+    EventLoopError,
     InvalidArgumentError,
     InvalidTTLError,
 )
@@ -746,3 +748,86 @@ def test_an_unknown_scheme_does_not_echo_the_url() -> None:
 def test_a_non_ascii_digit_database_is_an_invalid_argument() -> None:
     with pytest.raises(InvalidArgumentError, match="database"):
         RedisMemoryStore("redis://127.0.0.1:6379/²")
+
+
+# -- event loops ---------------------------------------------------------------------------
+
+# The first loop's connections are never closed in these scenarios (that is the point),
+# so their transports warn when collected.
+leaks_the_first_loops_sockets = pytest.mark.filterwarnings(
+    "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
+)
+
+
+@leaks_the_first_loops_sockets
+@pytest.mark.parametrize("kind", ["single", "cluster"])
+def test_a_store_from_a_url_moves_to_the_next_asyncio_run(
+    redis_url: str, cluster_url: str, kind: str
+) -> None:
+    store: RedisMemoryStore[Any] = RedisMemoryStore(
+        redis_url if kind == "single" else cluster_url, namespace=unique_namespace()
+    )
+
+    async def write(value: int) -> int | None:
+        await store.set("k", value)
+        entry = await store.get("k")
+        return None if entry is None else entry.value
+
+    assert asyncio.run(write(1)) == 1  # not closed: its connections die with this loop
+    assert asyncio.run(write(2)) == 2
+    assert asyncio.run(store.exists("k"))
+    assert asyncio.run(store.close()) is None  # from a loop that never used it: fine
+
+    async def clean() -> list[str]:
+        async with store:
+            keys = [key async for key in store.scan()]
+            await store.clear()
+            return keys
+
+    assert asyncio.run(clean()) == ["k"]
+    gc.collect()  # the first loop's connections warn here, where the mark ignores it
+
+
+def test_a_store_in_use_on_a_running_loop_refuses_another(redis_url: str) -> None:
+    import threading
+
+    store: RedisMemoryStore[Any] = RedisMemoryStore(redis_url, namespace=unique_namespace())
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(store.set("k", 1), loop).result()
+        for call in (store.get("k"), store.close()):
+            with pytest.raises(EventLoopError, match="still running"):
+                asyncio.run(call)
+        with pytest.raises(EventLoopError):
+            asyncio.run(anext(store.scan()))  # type: ignore[arg-type]
+        assert store.stats().operations[("get", "error")] == 1
+        asyncio.run_coroutine_threadsafe(store.clear(), loop).result()
+        asyncio.run_coroutine_threadsafe(store.close(), loop).result()
+        # Closed on its loop, it may move: it reconnects on the next one.
+
+        async def reuse() -> int:
+            async with store:
+                await store.set("k", 2)
+                return await store.clear()
+
+        assert asyncio.run(reuse()) == 1
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+@leaks_the_first_loops_sockets
+def test_a_client_passed_in_stays_on_its_loop(redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_url.split("?")[0])
+    store: RedisMemoryStore[Any] = RedisMemoryStore(client, namespace=unique_namespace())
+    asyncio.run(store.set("k", 1))
+    with pytest.raises(EventLoopError, match="close"):
+        asyncio.run(store.get("k"))
+    assert store.client is client  # never replaced: it is the caller's
+    del store, client
+    gc.collect()  # the first loop's connections warn here, where the mark ignores it

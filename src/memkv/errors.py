@@ -7,6 +7,7 @@ __all__ = [
     "BackendError",
     "BackendUnavailableError",
     "CodecError",
+    "EventLoopError",
     "InvalidArgumentError",
     "InvalidKeyError",
     "InvalidMetadataError",
@@ -64,6 +65,16 @@ class ReentrantCallError(MemKVError, RuntimeError):
 
     The local core called from its own injected clock or from a finalizer during one of
     its operations; a LangChain adapter's sync method called from inside its own store.
+    """
+
+
+class EventLoopError(MemKVError, RuntimeError):
+    """A store bound to one running event loop was used from another.
+
+    A ``RedisMemoryStore``'s connections belong to the event loop that opened them. A
+    store made from a URL moves by itself to a new loop once the old one has stopped
+    (a second ``asyncio.run``); while the old loop still runs (in another thread), or
+    for a client passed in, open one store per event loop instead.
     """
 
 

@@ -36,6 +36,7 @@ from memkv.errors import (
     BackendError,
     BackendUnavailableError,
     CodecError,
+    EventLoopError,
     InvalidArgumentError,
     MemKVError,
 )
@@ -111,7 +112,7 @@ def _counts_errors(
     [Callable[Concatenate[RedisMemoryStore[Any], P], Coroutine[Any, Any, R]]],
     Callable[Concatenate[RedisMemoryStore[Any], P], Coroutine[Any, Any, R]],
 ]:
-    """Count every failure of the decorated operation in ``stats().operations``."""
+    """Bind the store to the running loop, and count every failure of the operation."""
 
     def decorate(
         method: Callable[Concatenate[RedisMemoryStore[Any], P], Coroutine[Any, Any, R]],
@@ -119,6 +120,8 @@ def _counts_errors(
         @functools.wraps(method)
         async def counted(self: RedisMemoryStore[Any], /, *args: P.args, **kwargs: P.kwargs) -> R:
             try:
+                if self._loop is not asyncio.get_running_loop():
+                    self._bind_loop()
                 return await method(self, *args, **kwargs)
             except Exception:
                 self._errors[operation] += 1
@@ -438,12 +441,17 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         self._server = server
         self._where = f"Redis {'Cluster ' if cluster else ''}at {server}"
         # The client comes last: nothing above may fail after a pool exists.
+        self._make_client: Callable[[], AnyRedis] | None
         if isinstance(url_or_client, str):
-            self._client: AnyRedis = _make_client(client_url, cluster, options, client_options)
-            self._owns_client = True
+            self._make_client = functools.partial(
+                _make_client, client_url, cluster, options, client_options
+            )
+            self._client: AnyRedis = self._make_client()
         else:
+            self._make_client = None
             self._client = url_or_client
-            self._owns_client = False
+        # The event loop the client's connections belong to (None until first used).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._gets = self._hits = self._misses = self._sets = self._deletes = 0
         self._ops: Counter[tuple[str, str]] = Counter()
         self._errors: Counter[str] = Counter()
@@ -470,7 +478,10 @@ class RedisMemoryStore(BaseMemoryStore[T]):
 
     @property
     def client(self) -> AnyRedis:
-        """The redis-py client underneath (for commands memkv does not wrap)."""
+        """The redis-py client underneath (for commands memkv does not wrap).
+
+        A store made from a URL replaces it when it moves to a new event loop.
+        """
         return self._client
 
     # -- keys and envelopes --------------------------------------------------------
@@ -535,6 +546,33 @@ class RedisMemoryStore(BaseMemoryStore[T]):
                 f"decoded with the {codec_name(self._codec)} codec ({type(err).__name__})"
             ) from None
         return make_entry(key, value, metadata, created, updated, expires or None)
+
+    # -- event loops -----------------------------------------------------------------
+
+    def _bind_loop(self) -> None:
+        """Adopt the running event loop; redis-py connections belong to one loop.
+
+        The first use binds the store. A store that made its client moves to a new
+        loop once the old one has stopped: the old connections cannot be used (or even
+        closed) from here, so it starts a fresh client. Otherwise the store is in use on
+        a loop that still runs, or its client was passed in: ``EventLoopError``.
+        """
+        loop = asyncio.get_running_loop()
+        bound = self._loop
+        if bound is not None and bound is not loop:
+            if self._make_client is None or bound.is_running():
+                raise EventLoopError(
+                    f"this store ({self!r}) is bound to another event loop"
+                    + (" that is still running" if bound.is_running() else "")
+                    + "; open one store per event loop"
+                    + (
+                        ""
+                        if self._make_client is not None
+                        else ", or close() it on its loop before using it on another"
+                    )
+                )
+            self._client = self._make_client()
+        self._loop = loop
 
     # -- errors ----------------------------------------------------------------------
 
@@ -726,6 +764,8 @@ class RedisMemoryStore(BaseMemoryStore[T]):
     async def _scan(self, prefix: str, count: int) -> AsyncIterator[str]:
         strip = len(self._prefix)
         try:
+            if self._loop is not asyncio.get_running_loop():
+                self._bind_loop()
             async for redis_key in self._scan_redis_keys(prefix, count, counted="scan"):
                 try:
                     key = redis_key[strip:].decode("utf-8", "surrogatepass")
@@ -817,11 +857,26 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         )
 
     async def close(self) -> None:
-        """Close the connections (only when the store made its client). Safe twice."""
+        """Close the connections (only when the store made its client). Safe twice.
+
+        The store may be used again afterwards, on this loop or another: it reconnects.
+        """
         # Closes every time: a store used again after close() reconnects, and a later
         # close() must release those connections too.
-        if self._owns_client:
-            await self._client.aclose()
+        if self._make_client is not None:
+            bound = self._loop
+            if bound is None or bound is asyncio.get_running_loop():
+                await self._client.aclose()
+            elif bound.is_running():
+                raise EventLoopError(
+                    f"this store ({self!r}) is in use on another event loop that is still "
+                    "running; close it there"
+                )
+            else:
+                # Opened on a loop that has stopped: those connections cannot be closed
+                # from this one. Drop them for a fresh client.
+                self._client = self._make_client()
+        self._loop = None
 
     def __repr__(self) -> str:
         kind = "cluster " if self._cluster else ""
