@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -437,3 +438,42 @@ def test_bench_on_redis_reports_it_and_leaves_nothing_behind(store_url: str) -> 
     assert [row["operation"] for row in redis_rows] == OPERATION_NAMES
     assert all(row["vs_baseline"] is None and row["ops_per_second"] > 0 for row in redis_rows)
     assert asyncio.run(_keys(store_url)) == ["chat:1", "chat:2", "notes:1"]
+
+
+@pytest.mark.redis
+def test_keys_and_get_print_a_lone_surrogate_key_escaped(redis_url: str) -> None:
+    url = _with_namespace(redis_url, unique_namespace())
+    key = "bad\ud800key"
+
+    async def fill() -> None:
+        async with open_store(url) as store:
+            await store.set(key, "v")
+
+    asyncio.run(fill())
+    try:
+        listed = subprocess.run(
+            [sys.executable, "-m", "memkv", "keys", url],
+            capture_output=True,
+            encoding="utf-8",
+            errors="strict",
+            env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout == "bad\\ud800key\n"
+        shown = run("get", url, key)  # no argv can carry a lone surrogate: in-process
+        assert shown.exit_code == 0, shown.output
+        assert json.loads(shown.stdout)["key"] == key  # a JSON escape, read back exactly
+    finally:
+        asyncio.run(_clear_all(url))
+
+
+@pytest.mark.redis
+def test_get_shows_a_value_that_neither_json_nor_repr_can_print(redis_url: str) -> None:
+    url = _with_namespace(redis_url, unique_namespace()) + "&codec=pickle"
+    asyncio.run(_fill(url, {"big": 10**5000}))
+    try:
+        shown = run("get", url, "big")
+        assert shown.exit_code == 0, shown.output
+        assert "cannot be shown" in json.loads(shown.stdout)["value"]
+    finally:
+        asyncio.run(_clear_all(url))

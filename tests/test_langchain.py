@@ -553,15 +553,30 @@ async def test_a_local_store_needs_no_worker_thread_sync_or_async(core: str) -> 
 
 
 def test_a_local_store_subclass_with_its_own_operations_runs_on_the_worker(core: str) -> None:
+    threads: list[str] = []
+
     class Remote(local_store_type(core)):  # type: ignore[misc]
         async def get_many(self, keys: Any) -> Any:
+            threads.append(threading.current_thread().name)
             await asyncio.sleep(0.001)  # waits on a future: needs a real event loop
             return await super().get_many(keys)
 
     with MemkvStore(Remote()) as adapter:
         adapter.mset([("a", 1)])
         assert adapter.mget(["a"]) == [1]
-        assert len(worker_threads()) == 1
+        (worker,) = worker_threads()
+        assert asyncio.run(adapter.amget(["a"])) == [1]  # async calls go there too
+        assert threads == [worker.name, worker.name]
+
+
+async def test_closing_ends_a_running_async_key_scan_on_a_local_store() -> None:
+    adapter: MemkvStore[int] = MemkvStore(LocalMemoryStore(), batch_size=2)
+    await adapter.amset([(f"k{i}", i) for i in range(6)])
+    keys = adapter.ayield_keys()
+    assert await anext(keys) == "k0"
+    await adapter.aclose()
+    with pytest.raises(StoreClosedError):
+        await anext(keys)
 
 
 def test_a_third_party_store_runs_only_on_the_worker_loop() -> None:
@@ -645,9 +660,15 @@ def test_a_sync_call_from_inside_the_store_raises_instead_of_deadlocking() -> No
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
-def test_a_forked_child_starts_its_own_worker() -> None:
-    with MemkvStore(LocalMemoryStore[int]()) as adapter:
-        adapter.mset([("a", 1)])  # the parent's worker is running
+@pytest.mark.parametrize("kind", ["third-party", "redis"])
+def test_a_forked_child_starts_its_own_worker(kind: str, request: pytest.FixtureRequest) -> None:
+    if kind == "redis":
+        url = request.getfixturevalue("redis_url")
+        store: MemoryStore[Any] = RedisMemoryStore(url, namespace=unique_namespace())
+    else:
+        store = DictStore()
+    with MemkvStore(store) as adapter:
+        adapter.mset([("a", 1)])  # the parent's worker is running, its store bound to it
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, 3.12+
             pid = os.fork()
@@ -665,7 +686,9 @@ def test_a_forked_child_starts_its_own_worker() -> None:
                 pytest.fail("the child hung on the worker it inherited")
             time.sleep(0.01)
         assert os.waitstatus_to_exitcode(waited[1]) == 0
-        assert adapter.mget(["a", "b"]) == [1, None]
+        # The parent's worker and connections were left alone: it carries on.
+        assert adapter.mget(["a", "b"]) == ([1, 2] if kind == "redis" else [1, None])
+        adapter.mdelete(["a", "b"])
 
 
 # -- closing ----------------------------------------------------------------------------------
@@ -691,13 +714,19 @@ def test_close_stops_the_worker_closes_the_store_and_is_final() -> None:
 
 
 async def test_async_close_closes_a_local_store_on_the_callers_loop() -> None:
+    # A LocalMemoryStore runs in the caller; a subclass with a close() of its own would
+    # run on the worker (see the subclass test above).
     closed: list[asyncio.AbstractEventLoop] = []
 
-    class ClosingStore(LocalMemoryStore[Any]):
-        async def close(self) -> None:
-            closed.append(asyncio.get_running_loop())
+    store: LocalMemoryStore[Any] = LocalMemoryStore()
+    close = store.close
 
-    async with MemkvStore(ClosingStore()) as adapter:
+    async def recording_close() -> None:
+        closed.append(asyncio.get_running_loop())
+        await close()
+
+    store.close = recording_close  # type: ignore[method-assign]
+    async with MemkvStore(store) as adapter:
         adapter.mset([("a", 1)])
     assert closed == [asyncio.get_running_loop()]
     assert worker_threads() == []

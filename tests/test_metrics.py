@@ -7,11 +7,15 @@ operations and watch a Prometheus scrape and an OpenTelemetry in-memory reader m
 from __future__ import annotations
 
 import asyncio
+import copy
+import inspect
+import pickle
 import re
 import shutil
 import subprocess
+import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -20,12 +24,20 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from memkv import LocalMemoryStore, MemoryManager, RedisMemoryStore
+from memkv import (
+    BaseMemoryStore,
+    LocalMemoryStore,
+    MemoryEntry,
+    MemoryManager,
+    RedisMemoryStore,
+    StoreStats,
+)
 from memkv.errors import InvalidKeyError
 from memkv.latency import BUCKETS, LatencyHistogram
 from memkv.metrics.otel import instrument
 from memkv.metrics.prometheus import StoreCollector
-from memkv.store import OPERATIONS
+from memkv.store import OPERATIONS, TTL
+from tests.conftest import local_store_type
 
 pytestmark = pytest.mark.redis
 
@@ -358,3 +370,137 @@ async def test_latency_on_a_redis_store_measures_the_round_trip(redis_url: str) 
         assert snap.calls == 20
         assert snap.total > 20 * 1e-6  # a network round trip, not a dict lookup
         await store.clear()
+
+
+# -- found in review -----------------------------------------------------------------
+
+
+def test_stats_snapshots_pickle_copy_and_hash() -> None:
+    stats = LocalMemoryStore().stats()
+    assert pickle.loads(pickle.dumps(stats)) == stats
+    assert copy.deepcopy(stats) == stats
+    assert hash(copy.deepcopy(stats)) == hash(stats)
+    assert pickle.loads(pickle.dumps(StoreStats())) == StoreStats()
+    with pytest.raises(TypeError):
+        stats.operations[("get", "hit")] = 1  # type: ignore[index]
+
+
+class BrokenStats(LocalMemoryStore[Any]):
+    def stats(self) -> StoreStats:
+        raise RuntimeError("cannot count")
+
+
+def test_a_store_that_cannot_report_is_left_out_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stores = {"broken": BrokenStats(), "fine": LocalMemoryStore()}
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(stores))
+    samples = scrape(registry)  # the scrape itself survives
+    assert samples[one("memkv_entries", store="fine")] == 0
+    assert not any(dict(labels).get("store") == "broken" for _, labels in samples)
+    assert "'broken' could not report" in caplog.text
+
+
+def test_scrapes_while_stores_come_and_go_in_another_thread() -> None:
+    manager: MemoryManager[Any] = MemoryManager()
+    manager.register_store("stays", LocalMemoryStore())
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(manager))
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            manager.register_store("churn", LocalMemoryStore(), replace=True)
+            manager.unregister_store("churn")
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        for _ in range(2000):
+            assert one("memkv_entries", store="stays") in scrape(registry)
+    finally:
+        stop.set()
+        thread.join()
+
+
+class FailingClock:
+    """A clock that raises from its ``fail_at``-th reading on."""
+
+    def __init__(self, fail_at: int) -> None:
+        self.reads = 0
+        self.fail_at = fail_at
+
+    def __call__(self) -> float:
+        self.reads += 1
+        if self.reads >= self.fail_at:
+            raise OSError("clock gone")
+        return 1000.0
+
+
+async def test_a_scan_that_fails_after_its_first_batch_counts_once(core: str) -> None:
+    store = local_store_type(core)(clock=(clock := FailingClock(fail_at=10**9)))
+    await store.set_many({f"k{i:03}": i for i in range(30)})
+    clock.fail_at = clock.reads + 2  # the first batch reads it once, the second fails
+    with pytest.raises(OSError, match="clock gone"):
+        [key async for key in store.scan("k", batch_size=10)]
+    ops = store.stats().operations
+    assert (ops[("scan", "ok")], ops[("scan", "error")]) == (0, 1)
+    clock.fail_at = 10**9
+    assert len([key async for key in store.scan("k", batch_size=10)]) == 30
+    ops = store.stats().operations
+    assert (ops[("scan", "ok")], ops[("scan", "error")]) == (1, 1)
+
+
+async def test_a_failing_first_scan_batch_counts_only_an_error(core: str) -> None:
+    clock = FailingClock(fail_at=10**9)
+    store = local_store_type(core)(clock=clock)
+    clock.fail_at = clock.reads + 1
+    with pytest.raises(OSError, match="clock gone"):
+        [key async for key in store.scan()]
+    ops = store.stats().operations
+    assert (ops[("scan", "ok")], ops[("scan", "error")]) == (0, 1)
+
+
+class ThirdParty(BaseMemoryStore[Any]):
+    def __init__(self) -> None:
+        self.data: dict[str, MemoryEntry[Any]] = {}
+
+    async def get(self, key: str) -> MemoryEntry[Any] | None:
+        return self.data.get(key)
+
+    async def set(
+        self, key: str, value: Any, ttl: TTL = None, metadata: Mapping[str, Any] | None = None
+    ) -> None:
+        self.data[key] = MemoryEntry(key, value)
+
+    async def delete(self, key: str) -> bool:
+        return self.data.pop(key, None) is not None
+
+    async def scan(self, pattern: str | None = None, batch_size: int = 100) -> AsyncIterator[str]:
+        for key in sorted(self.data):
+            if key.startswith(pattern or ""):
+                yield key
+
+
+async def test_latency_of_derived_methods_counts_the_call_made_not_its_parts() -> None:
+    store = ThirdParty()
+    store.record_latency()
+    await store.set_many({f"k{i}": i for i in range(10)})
+    await store.get_many(["k1", "k2"])
+    assert await store.exists("k1")
+    assert await store.delete_many(["k1"]) == 1
+    assert await store.clear() == 9
+    calls = {name: snap.calls for name, snap in store.latency().items() if snap.calls}
+    assert calls == {"set_many": 1, "get_many": 1, "exists": 1, "delete_many": 1, "clear": 1}
+
+
+async def test_timed_methods_keep_their_signature_and_check_arguments_at_the_call() -> None:
+    store: LocalMemoryStore[Any] = LocalMemoryStore()
+    untimed = inspect.signature(store.get)
+    store.record_latency()
+    assert inspect.signature(store.get) == untimed
+    assert store.get.__name__ == "get"
+    with pytest.raises(TypeError):
+        store.get()  # type: ignore[call-arg]
+    assert store.latency()["get"].calls == 0

@@ -831,3 +831,18 @@ def test_a_client_passed_in_stays_on_its_loop(redis_url: str) -> None:
     assert store.client is client  # never replaced: it is the caller's
     del store, client
     gc.collect()  # the first loop's connections warn here, where the mark ignores it
+
+
+async def test_a_get_that_cannot_decode_counts_as_a_failed_call_only(redis_url: str) -> None:
+    namespace = unique_namespace()
+    async with (
+        RedisMemoryStore(redis_url, namespace=namespace, codec="json") as writer,
+        RedisMemoryStore(redis_url, namespace=namespace) as reader,
+    ):
+        await writer.set("k", {"a": 1})
+        with pytest.raises(CodecError):
+            await reader.get("k")
+        stats = reader.stats()
+        assert (stats.gets, stats.hits, stats.misses) == (0, 0, 0)
+        assert stats.operations[("get", "error")] == 1
+        await writer.clear()

@@ -46,3 +46,10 @@ def test_a_malformed_url_is_an_invalid_argument_without_the_password(url: str) -
     with pytest.raises(InvalidArgumentError) as raised:
         open_store(url)
     assert "secret" not in str(raised.value)
+
+
+def test_a_password_with_a_slash_is_not_quoted_in_the_error() -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        open_store("redis://default:Ab3/xyz+Q@host:6379/0")
+    assert "Ab3" not in str(raised.value)
+    assert "percent-encode" in str(raised.value)

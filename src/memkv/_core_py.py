@@ -464,6 +464,7 @@ class LocalCore:
         are skipped, not removed. O(log n + limit).
         """
         with self._exclusive:
+            now = self.now()
             index = self._index
             if after is None:
                 start = index.bisect_left(prefix)
@@ -472,7 +473,6 @@ class LocalCore:
                 start = index.bisect_right(after)
             stop = min(len(index), start + limit)
             entries = self._entries
-            now = self.now()
             found: list[str] = []
             for key in index.islice(start, stop):
                 if not key.startswith(prefix):

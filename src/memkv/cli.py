@@ -456,7 +456,7 @@ def keys(url: str, prefix: str | None, limit: int) -> None:
         found, more = asyncio.run(_first_keys(url, prefix, limit))
     _note_if_memory(url)
     for key in found:
-        click.echo(key)
+        _echo(key)
     if more:
         click.echo(f"(stopped after {limit} keys; raise --limit to see more)", err=True)
 
@@ -476,11 +476,25 @@ def _entry_json(entry: MemoryEntry[Any]) -> str:
         "expires_at": None if entry.expires_at is None else entry.expires_at.isoformat(),
     }
     try:
-        return json.dumps(document, indent=2, ensure_ascii=False, default=repr)
+        return json.dumps(document, indent=2, ensure_ascii=False, default=_safe_repr)
     except (TypeError, ValueError):
         # Keys JSON cannot hold (a tuple) or a cycle: show the value as Python sees it.
-        document["value"] = repr(entry.value)
-        return json.dumps(document, indent=2, ensure_ascii=False, default=repr)
+        document["value"] = _safe_repr(entry.value)
+        document["metadata"] = _safe_repr(entry.metadata)
+        return json.dumps(document, indent=2, ensure_ascii=False, default=_safe_repr)
+
+
+def _safe_repr(value: object) -> str:
+    """``repr(value)``, or a placeholder when even that fails (a 5,000-digit int)."""
+    try:
+        return repr(value)
+    except Exception as err:
+        return f"<{type(value).__name__}: cannot be shown: {type(err).__name__}>"
+
+
+def _echo(text: str) -> None:
+    """Print ``text``; a lone surrogate (a key Python accepts) prints as an escape."""
+    click.echo(text.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 @cli.command(short_help="Print one entry of a store as JSON.")
@@ -500,7 +514,7 @@ def get(url: str, key: str) -> None:
     if entry is None:
         click.echo(f"no live entry for key {key!r}", err=True)
         raise click.exceptions.Exit(1)
-    click.echo(_entry_json(entry))
+    _echo(_entry_json(entry))
 
 
 async def _clear(url: str, prefix: str | None, confirm: bool) -> int | None:
@@ -524,7 +538,8 @@ def clear(url: str, prefix: str | None, clear_all: bool, yes: bool) -> None:
 
     Asks first unless --yes. Without a PREFIX (or with an empty one) nothing happens
     unless --all is given, which clears every entry of the store: on Redis, every key
-    of the URL's namespace and nothing outside it. Prints how many entries went.
+    of the URL's namespace. A namespace is a plain key prefix, so namespace "app" also
+    covers the keys of namespace "app:tenant". Prints how many entries went.
     """
     if clear_all and prefix:
         raise click.UsageError("give a PREFIX or --all, not both")

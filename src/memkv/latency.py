@@ -9,9 +9,10 @@ read ``store.latency()`` at scrape time, like every other counter.
 
 from __future__ import annotations
 
+import functools
 import time
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, NamedTuple, TypeVar
 
 __all__ = ["BUCKETS", "LatencyHistogram", "LatencySnapshot", "timed_call", "timed_scan"]
@@ -93,24 +94,32 @@ class LatencyHistogram:
 
 
 def timed_call(
-    method: Callable[..., Awaitable[R]], histogram: LatencyHistogram
-) -> Callable[..., Awaitable[R]]:
-    """``method`` (a bound coroutine method) timed into ``histogram``, errors included."""
+    method: Callable[..., Coroutine[Any, Any, R]], histogram: LatencyHistogram
+) -> Callable[..., Coroutine[Any, Any, R]]:
+    """``method`` (a bound coroutine method) timed into ``histogram``, errors included.
+
+    The wrapper keeps ``method``'s name and signature, and calls it at once: a wrong
+    argument raises ``TypeError`` at the call, as it does untimed.
+    """
     clock = time.perf_counter
     counts = histogram._counts
     total = histogram._total
 
-    async def timed(*args: Any, **kwargs: Any) -> R:
+    async def timed(call: Coroutine[Any, Any, R]) -> R:
         start = clock()
         try:
-            return await method(*args, **kwargs)
+            return await call
         finally:
             # observe(), inlined: this runs on every call of a timed store.
             elapsed = clock() - start
             counts[bisect_left(BUCKETS, elapsed)] += 1
             total[0] += elapsed
 
-    return timed
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Coroutine[Any, Any, R]:
+        return timed(method(*args, **kwargs))
+
+    return call
 
 
 def timed_scan(
@@ -124,6 +133,7 @@ def timed_scan(
     """
     clock = time.perf_counter
 
+    @functools.wraps(method)
     def scan(*args: Any, **kwargs: Any) -> AsyncIterator[str]:
         start = clock()
         try:

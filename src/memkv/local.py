@@ -45,6 +45,7 @@ class LocalMemoryStore(BaseMemoryStore[T]):
     ) -> None:
         self._core = self._core_type(max_entries, clock)
         self._errors: Counter[str] = Counter()
+        self._recounted: Counter[tuple[str, str]] = Counter()
         # Reentrant: a finalizer run by the cyclic GC inside the lock may fail a call too.
         self._errors_lock = threading.RLock()
 
@@ -135,8 +136,10 @@ class LocalMemoryStore(BaseMemoryStore[T]):
 
     async def _scan(self, prefix: str, batch_size: int) -> AsyncIterator[str]:
         core = self._core
+        started = False
         try:
             keys, cursor = core.scan_batch(prefix, None, batch_size)
+            started = True
             while True:
                 for key in keys:
                     yield key
@@ -148,14 +151,17 @@ class LocalMemoryStore(BaseMemoryStore[T]):
                     # loop. (Not after the last, empty batch: a full first batch is common.)
                     await asyncio.sleep(0)
         except Exception:
-            self._failed("scan")
+            self._failed("scan", started)
             raise
 
-    def _failed(self, operation: str) -> None:
-        """Count a failed call (the core counts the others, in C)."""
+    def _failed(self, operation: str, counted: bool = False) -> None:
+        """Count a failed call (the core counts the others). ``counted``: the core
+        has already counted it as ``ok`` (a scan that failed after its first batch)."""
         # Locked: threads may share a local store, and a Counter's += is not atomic.
         with self._errors_lock:
             self._errors[operation] += 1
+            if counted:
+                self._recounted[operation, "ok"] += 1
 
     def purge_expired(self) -> int:
         """Remove every expired entry now; returns how many."""
@@ -170,6 +176,8 @@ class LocalMemoryStore(BaseMemoryStore[T]):
         counted = dict(zip(OPERATION_COUNTERS, core.operations(), strict=True))
         with self._errors_lock:
             errors = dict(self._errors)
+            for pair, count in self._recounted.items():
+                counted[pair] -= count
         return StoreStats(*core.counters(), operations=operation_counts(counted, errors))
 
     def __repr__(self) -> str:

@@ -83,6 +83,11 @@ class MemoryManager(Generic[T]):
         return list(self._stores)
 
     @property
+    def stores(self) -> dict[str, MemoryStore[T]]:
+        """A snapshot of the registered stores by name, in registration order."""
+        return dict(self._stores)
+
+    @property
     def default(self) -> str | None:
         """The default store's name, or ``None``."""
         return self._default

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import os
 import struct
 import time
 from collections import Counter
@@ -112,24 +113,40 @@ def _counts_errors(
     [Callable[Concatenate[RedisMemoryStore[Any], P], Coroutine[Any, Any, R]]],
     Callable[Concatenate[RedisMemoryStore[Any], P], Coroutine[Any, Any, R]],
 ]:
-    """Bind the store to the running loop, and count every failure of the operation."""
+    """Bind the store to the running loop, and count every failure of the operation.
+
+    The decorated method is called at once (a wrong argument raises ``TypeError`` at
+    the call, as for an undecorated method); its coroutine runs when awaited.
+    """
 
     def decorate(
         method: Callable[Concatenate[RedisMemoryStore[Any], P], Coroutine[Any, Any, R]],
     ) -> Callable[Concatenate[RedisMemoryStore[Any], P], Coroutine[Any, Any, R]]:
         @functools.wraps(method)
-        async def counted(self: RedisMemoryStore[Any], /, *args: P.args, **kwargs: P.kwargs) -> R:
-            try:
-                if self._loop is not asyncio.get_running_loop():
-                    self._bind_loop()
-                return await method(self, *args, **kwargs)
-            except Exception:
-                self._errors[operation] += 1
-                raise
+        def counted(
+            self: RedisMemoryStore[Any], /, *args: P.args, **kwargs: P.kwargs
+        ) -> Coroutine[Any, Any, R]:
+            return _counted(self, operation, method(self, *args, **kwargs))
 
         return counted
 
     return decorate
+
+
+async def _counted(
+    store: RedisMemoryStore[Any], operation: str, call: Coroutine[Any, Any, R]
+) -> R:
+    try:
+        if store._loop is not asyncio.get_running_loop():
+            try:
+                store._bind_loop()
+            except BaseException:
+                call.close()  # never started: close it rather than leave it unawaited
+                raise
+        return await call
+    except Exception:
+        store._errors[operation] += 1
+        raise
 
 
 _CODEC_NAMES = {number: codec.name for codec, number in CODEC_IDS.items()}
@@ -452,6 +469,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             self._client = url_or_client
         # The event loop the client's connections belong to (None until first used).
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_pid = os.getpid()
         self._gets = self._hits = self._misses = self._sets = self._deletes = 0
         self._ops: Counter[tuple[str, str]] = Counter()
         self._errors: Counter[str] = Counter()
@@ -560,7 +578,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         loop = asyncio.get_running_loop()
         bound = self._loop
         if bound is not None and bound is not loop:
-            if self._make_client is None or bound.is_running():
+            if self._make_client is None or self._loop_runs(bound):
                 raise EventLoopError(
                     f"this store ({self!r}) is bound to another event loop"
                     + (" that is still running" if bound.is_running() else "")
@@ -573,6 +591,11 @@ class RedisMemoryStore(BaseMemoryStore[T]):
                 )
             self._client = self._make_client()
         self._loop = loop
+        self._loop_pid = os.getpid()
+
+    def _loop_runs(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether ``loop`` still runs; a loop of the parent process never does here."""
+        return self._loop_pid == os.getpid() and loop.is_running()
 
     # -- errors ----------------------------------------------------------------------
 
@@ -601,12 +624,13 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             data: bytes | None = await self._client.get(redis_key)  # type: ignore[assignment]
         except _FAILURES as err:
             raise self._error(err) from err
-        self._gets += 1
         if data is None:
+            self._gets += 1
             self._misses += 1
             self._ops["get", "miss"] += 1
             return None
-        entry = self._entry(key, data)
+        entry = self._entry(key, data)  # a CodecError here counts as a failed call only
+        self._gets += 1
         self._hits += 1
         self._ops["get", "hit"] += 1
         return entry
@@ -763,33 +787,42 @@ class RedisMemoryStore(BaseMemoryStore[T]):
 
     async def _scan(self, prefix: str, count: int) -> AsyncIterator[str]:
         strip = len(self._prefix)
+        started = False
+
+        def start() -> None:
+            nonlocal started
+            started = True
+            self._ops["scan", "ok"] += 1
+
         try:
             if self._loop is not asyncio.get_running_loop():
                 self._bind_loop()
-            async for redis_key in self._scan_redis_keys(prefix, count, counted="scan"):
+            async for redis_key in self._scan_redis_keys(prefix, count, on_first_page=start):
                 try:
                     key = redis_key[strip:].decode("utf-8", "surrogatepass")
                 except UnicodeDecodeError:
                     continue  # written by another client: no str key maps to these bytes
                 yield key
         except Exception:
+            if started:  # one count per scan: this one failed after all
+                self._ops["scan", "ok"] -= 1
             self._errors["scan"] += 1
             raise
 
     async def _scan_redis_keys(
-        self, prefix: str, count: int, counted: str | None = None
+        self, prefix: str, count: int, on_first_page: Callable[[], None] | None = None
     ) -> AsyncIterator[bytes]:
-        """Every Redis key under ``prefix``, once; ``counted`` names the operation
-        whose ``ok`` count the first page read adds to."""
+        """Every Redis key under ``prefix``, once; ``on_first_page`` runs when the
+        first page has been read."""
         match = _glob_escape(self._redis_key(prefix)) + b"*"
         seen: set[bytes] = set()
         for node in await self._scan_targets():
             cursor = 0
             while True:
                 cursor, redis_keys = await self._scan_page(node, cursor, match, count)
-                if counted is not None:
-                    self._ops[counted, "ok"] += 1
-                    counted = None
+                if on_first_page is not None:
+                    on_first_page()
+                    on_first_page = None
                 for redis_key in redis_keys:
                     if redis_key not in seen:
                         seen.add(redis_key)
@@ -867,7 +900,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             bound = self._loop
             if bound is None or bound is asyncio.get_running_loop():
                 await self._client.aclose()
-            elif bound.is_running():
+            elif self._loop_runs(bound):
                 raise EventLoopError(
                     f"this store ({self!r}) is in use on another event loop that is still "
                     "running; close it there"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from datetime import timedelta
 from types import MappingProxyType, TracebackType
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -17,6 +17,7 @@ __all__ = [
     "TTL",
     "BaseMemoryStore",
     "MemoryStore",
+    "OperationCounts",
     "StoreStats",
     "operation_counts",
 ]
@@ -44,17 +45,42 @@ OPERATIONS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     }
 )
 
-_NO_OPERATIONS: Mapping[tuple[str, str], int] = MappingProxyType({})
+
+class OperationCounts(Mapping[tuple[str, str], int]):
+    """Calls by ``(operation, result)``: an immutable, hashable, picklable mapping."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self, counts: Mapping[tuple[str, str], int] | None = None) -> None:
+        self._counts = dict(counts or {})
+
+    def __getitem__(self, key: tuple[str, str]) -> int:
+        return self._counts[key]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._counts)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._counts.items()))
+
+    def __reduce__(self) -> tuple[type[OperationCounts], tuple[dict[tuple[str, str], int]]]:
+        return (OperationCounts, (self._counts,))
+
+    def __repr__(self) -> str:
+        return f"OperationCounts({self._counts!r})"
 
 
 def operation_counts(
     counted: Mapping[tuple[str, str], int], errors: Mapping[str, int]
-) -> Mapping[tuple[str, str], int]:
+) -> OperationCounts:
     """Every ``(operation, result)`` of ``OPERATIONS`` with its count (zero if absent).
 
     ``counted`` holds the hit/miss/ok calls, ``errors`` the failed calls by operation.
     """
-    return MappingProxyType(
+    return OperationCounts(
         {
             (operation, result): errors.get(operation, 0)
             if result == "error"
@@ -89,7 +115,7 @@ class StoreStats(NamedTuple):
     expired: int = 0
     evictions: int = 0
     entries: int | None = None
-    operations: Mapping[tuple[str, str], int] = _NO_OPERATIONS
+    operations: OperationCounts = OperationCounts()
 
     @property
     def hit_rate(self) -> float:
@@ -236,19 +262,24 @@ class BaseMemoryStore(MemoryStore[T]):
     ...     ...  # implement get, set, delete and scan
     """
 
+    # The derived methods call the class's own get/set/delete/scan, so that a store
+    # timed by record_latency() observes the call made, not the calls it is made of.
+
     async def exists(self, key: str) -> bool:
-        return await self.get(key) is not None
+        return await type(self).get(self, key) is not None
 
     async def clear(self, pattern: str | None = None) -> int:
         prefix = check_prefix(pattern)
-        keys = [key async for key in self.scan(prefix or None)]
+        cls = type(self)
+        keys = [key async for key in cls.scan(self, prefix or None)]
         removed = 0
         for key in keys:
-            removed += await self.delete(key)
+            removed += await cls.delete(self, key)
         return removed
 
     async def get_many(self, keys: Iterable[str]) -> list[MemoryEntry[T] | None]:
-        return [await self.get(key) for key in check_keys(keys)]
+        get = type(self).get
+        return [await get(self, key) for key in check_keys(keys)]
 
     async def set_many(
         self,
@@ -259,13 +290,15 @@ class BaseMemoryStore(MemoryStore[T]):
         pairs = check_items(items)
         ttl_seconds(ttl)
         check_metadata(metadata)
+        set_ = type(self).set
         for key, value in pairs:
-            await self.set(key, value, ttl, metadata)
+            await set_(self, key, value, ttl, metadata)
 
     async def delete_many(self, keys: Iterable[str]) -> int:
+        delete = type(self).delete
         removed = 0
         for key in check_keys(keys):
-            removed += await self.delete(key)
+            removed += await delete(self, key)
         return removed
 
     async def close(self) -> None:

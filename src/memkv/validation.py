@@ -129,6 +129,10 @@ def split_url(url: str) -> SplitResult:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - parsed lazily; a bad port raises here
-    except ValueError as err:
-        raise InvalidArgumentError(f"malformed store URL: {err}") from None
+    except ValueError:
+        # Not urlsplit's message: it quotes the URL (a password, or a piece of one).
+        raise InvalidArgumentError(
+            "malformed store URL: bad host, port or brackets (percent-encode any "
+            "'/', '?', '#' or '@' in the password)"
+        ) from None
     return parts

@@ -137,12 +137,11 @@ class MemkvStore(BaseStore[str, V]):
         self._ttl = ttl
         self._metadata = check_metadata(metadata)
         self._batch_size = check_batch_size(batch_size)
-        # A LocalMemoryStore is used from any loop directly; anything else may hold
-        # loop-bound resources, so it only ever runs on the worker.
-        self._loop_free = isinstance(store, LocalMemoryStore)
-        # LocalMemoryStore's own operations never wait on a future: sync calls run them
-        # to the end in the calling thread, with no worker and no thread hop.
-        self._inline = self._loop_free and all(
+        # LocalMemoryStore's own operations keep no loop state and never wait on a
+        # future: sync calls run them to the end in the calling thread, async calls on
+        # the caller's loop. Anything else (a subclass with operations of its own
+        # included) may hold loop-bound resources, so it only ever runs on the worker.
+        self._inline = isinstance(store, LocalMemoryStore) and all(
             getattr(type(store), name) is getattr(LocalMemoryStore, name)
             for name in ("get_many", "set_many", "delete_many", "scan", "close")
         )
@@ -208,7 +207,7 @@ class MemkvStore(BaseStore[str, V]):
         """Async ``yield_keys``: an async generator, ``prefix`` checked when called."""
         check_prefix(prefix)
         self._check_open()
-        if self._loop_free:
+        if self._inline:
             return self._keys_here(prefix)
         return self._keys_on_worker(prefix)
 
@@ -216,6 +215,7 @@ class MemkvStore(BaseStore[str, V]):
         scan = self._store.scan(prefix, self._batch_size)
         try:
             async for key in scan:
+                self._check_open()  # as on the worker: closing ends a running scan
                 yield key
         finally:
             await _aclose(scan)
@@ -266,7 +266,7 @@ class MemkvStore(BaseStore[str, V]):
             self._closed = True
             worker = self._take_worker()
         try:
-            if worker is None or self._loop_free:
+            if worker is None or self._inline:
                 await self._store.close()
             else:
                 await asyncio.wrap_future(worker.submit(self._store.close()))
@@ -358,7 +358,7 @@ class MemkvStore(BaseStore[str, V]):
 
     async def _await(self, coro: Coroutine[Any, Any, R]) -> R:
         """Await ``coro`` here (a loop-free store) or on the worker."""
-        if not self._loop_free:
+        if not self._inline:
             return await asyncio.wrap_future(self._submit(coro))
         if self._closed:
             coro.close()

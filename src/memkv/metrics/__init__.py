@@ -16,6 +16,7 @@ keys read by result, entries held, entries expired and entries evicted.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple, TypeAlias
 
@@ -37,11 +38,22 @@ class StoreSample(NamedTuple):
     latency: Mapping[str, LatencySnapshot]
 
 
+_log = logging.getLogger("memkv.metrics")
+
+
 def snapshot(source: StoreSource) -> Iterator[StoreSample]:
-    """A ``StoreSample`` for each store of ``source``, read now."""
-    if isinstance(source, MemoryManager):
-        stores = {name: source.store(name) for name in source.names}
-    else:
-        stores = dict(source)
+    """A ``StoreSample`` for each store of ``source``, read now.
+
+    A store whose ``stats()`` or ``latency()`` raises is left out of this collection
+    (and logged on the ``memkv.metrics`` logger), so that one broken store cannot take
+    every other store's metrics, or the whole scrape, down with it.
+    """
+    # One atomic copy: a manager may gain or lose stores in another thread meanwhile.
+    stores = source.stores if isinstance(source, MemoryManager) else dict(source)
     for name, store in stores.items():
-        yield StoreSample(name, store.stats(), store.latency())
+        try:
+            sample = StoreSample(name, store.stats(), store.latency())
+        except Exception:
+            _log.exception("memkv store %r could not report its metrics", name)
+            continue
+        yield sample
