@@ -819,18 +819,57 @@ def test_a_store_in_use_on_a_running_loop_refuses_another(redis_url: str) -> Non
         loop.close()
 
 
-@leaks_the_first_loops_sockets
-def test_a_client_passed_in_stays_on_its_loop(redis_url: str) -> None:
+def test_a_client_passed_in_moves_with_its_owner_closing_it(redis_url: str) -> None:
     from redis.asyncio import Redis
 
     client = Redis.from_url(redis_url.split("?")[0])
     store: RedisMemoryStore[Any] = RedisMemoryStore(client, namespace=unique_namespace())
-    asyncio.run(store.set("k", 1))
-    with pytest.raises(EventLoopError, match="close"):
-        asyncio.run(store.get("k"))
+
+    async def use(value: int) -> Any:
+        try:
+            await store.set("k", value)
+            entry = await store.get("k")
+            return None if entry is None else entry.value
+        finally:
+            await client.aclose()  # its owner closes it at the end of each loop
+
+    assert asyncio.run(use(1)) == 1
+    assert asyncio.run(use(2)) == 2  # a pytest-asyncio loop per test, say
     assert store.client is client  # never replaced: it is the caller's
-    del store, client
-    gc.collect()  # the first loop's connections warn here, where the mark ignores it
+
+    async def clean() -> int:
+        try:
+            return await store.clear()
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(clean()) == 1
+
+
+@pytest.mark.parametrize("kind", ["single", "cluster", "bounded"])
+def test_a_closed_store_serves_the_next_loop_after_concurrent_use(
+    redis_url: str, cluster_url: str, kind: str
+) -> None:
+    url = {
+        "single": redis_url,
+        "cluster": cluster_url,
+        "bounded": f"{redis_url}{'&' if '?' in redis_url else '?'}max_connections=2",
+    }[kind]
+    store: RedisMemoryStore[Any] = RedisMemoryStore(url, namespace=unique_namespace())
+
+    async def burst(run: int) -> list[bool]:
+        async with store:  # closed at the end of every loop, as documented
+            await store.set(f"k{run}", run)
+            return await asyncio.gather(*(store.exists(f"k{i}") for i in range(4)))
+
+    for run in range(3):
+        assert asyncio.run(burst(run)) == [i <= run for i in range(4)]
+
+    async def clean() -> int:
+        async with store:
+            return await store.clear()
+
+    assert asyncio.run(clean()) == 3
 
 
 async def test_a_get_that_cannot_decode_counts_as_a_failed_call_only(redis_url: str) -> None:

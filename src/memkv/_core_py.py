@@ -49,7 +49,6 @@ OPERATION_COUNTERS = (
     ("delete", "miss"),
     ("exists", "hit"),
     ("exists", "miss"),
-    ("scan", "ok"),
     ("clear", "ok"),
     ("get_many", "ok"),
     ("set_many", "ok"),
@@ -63,7 +62,6 @@ OPERATION_COUNTERS = (
     _DELETE_MISS,
     _EXISTS_HIT,
     _EXISTS_MISS,
-    _SCAN,
     _CLEAR,
     _GET_MANY,
     _SET_MANY,
@@ -466,11 +464,7 @@ class LocalCore:
         with self._exclusive:
             now = self.now()
             index = self._index
-            if after is None:
-                start = index.bisect_left(prefix)
-                self._ops[_SCAN] += 1
-            else:
-                start = index.bisect_right(after)
+            start = index.bisect_left(prefix) if after is None else index.bisect_right(after)
             stop = min(len(index), start + limit)
             entries = self._entries
             found: list[str] = []

@@ -69,12 +69,11 @@ class ReentrantCallError(MemKVError, RuntimeError):
 
 
 class EventLoopError(MemKVError, RuntimeError):
-    """A store bound to one running event loop was used from another.
+    """A store in use on one running event loop was used from another.
 
-    A ``RedisMemoryStore``'s connections belong to the event loop that opened them. A
-    store made from a URL moves by itself to a new loop once the old one has stopped
-    (a second ``asyncio.run``); while the old loop still runs (in another thread), or
-    for a client passed in, open one store per event loop instead.
+    A ``RedisMemoryStore``'s connections belong to the event loop that opened them.
+    Once that loop has stopped (a second ``asyncio.run``), the store moves to the next
+    one by itself; while it still runs (in another thread), open one store per loop.
     """
 
 

@@ -45,7 +45,7 @@ class LocalMemoryStore(BaseMemoryStore[T]):
     ) -> None:
         self._core = self._core_type(max_entries, clock)
         self._errors: Counter[str] = Counter()
-        self._recounted: Counter[tuple[str, str]] = Counter()
+        self._scans_done = 0
         # Reentrant: a finalizer run by the cyclic GC inside the lock may fail a call too.
         self._errors_lock = threading.RLock()
 
@@ -136,10 +136,9 @@ class LocalMemoryStore(BaseMemoryStore[T]):
 
     async def _scan(self, prefix: str, batch_size: int) -> AsyncIterator[str]:
         core = self._core
-        started = False
+        outcome = "ok"
         try:
             keys, cursor = core.scan_batch(prefix, None, batch_size)
-            started = True
             while True:
                 for key in keys:
                     yield key
@@ -151,17 +150,24 @@ class LocalMemoryStore(BaseMemoryStore[T]):
                     # loop. (Not after the last, empty batch: a full first batch is common.)
                     await asyncio.sleep(0)
         except Exception:
-            self._failed("scan", started)
+            outcome = "error"
             raise
+        finally:
+            # Once, when the scan ends: exhausted or closed early (ok), or failed.
+            self._count_scan(outcome)
 
-    def _failed(self, operation: str, counted: bool = False) -> None:
-        """Count a failed call (the core counts the others). ``counted``: the core
-        has already counted it as ``ok`` (a scan that failed after its first batch)."""
+    def _failed(self, operation: str) -> None:
+        """Count a failed call (the core counts the others)."""
         # Locked: threads may share a local store, and a Counter's += is not atomic.
         with self._errors_lock:
             self._errors[operation] += 1
-            if counted:
-                self._recounted[operation, "ok"] += 1
+
+    def _count_scan(self, outcome: str) -> None:
+        with self._errors_lock:
+            if outcome == "ok":
+                self._scans_done += 1
+            else:
+                self._errors["scan"] += 1
 
     def purge_expired(self) -> int:
         """Remove every expired entry now; returns how many."""
@@ -176,8 +182,7 @@ class LocalMemoryStore(BaseMemoryStore[T]):
         counted = dict(zip(OPERATION_COUNTERS, core.operations(), strict=True))
         with self._errors_lock:
             errors = dict(self._errors)
-            for pair, count in self._recounted.items():
-                counted[pair] -= count
+            counted["scan", "ok"] = self._scans_done
         return StoreStats(*core.counters(), operations=operation_counts(counted, errors))
 
     def __repr__(self) -> str:

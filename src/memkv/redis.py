@@ -113,41 +113,28 @@ def _counts_errors(
     [Callable[Concatenate[RedisMemoryStore[Any], P], Coroutine[Any, Any, R]]],
     Callable[Concatenate[RedisMemoryStore[Any], P], Coroutine[Any, Any, R]],
 ]:
-    """Bind the store to the running loop, and count every failure of the operation.
-
-    The decorated method is called at once (a wrong argument raises ``TypeError`` at
-    the call, as for an undecorated method); its coroutine runs when awaited.
-    """
+    """Bind the store to the running loop, and count every failure of the operation."""
 
     def decorate(
         method: Callable[Concatenate[RedisMemoryStore[Any], P], Coroutine[Any, Any, R]],
     ) -> Callable[Concatenate[RedisMemoryStore[Any], P], Coroutine[Any, Any, R]]:
         @functools.wraps(method)
-        def counted(
-            self: RedisMemoryStore[Any], /, *args: P.args, **kwargs: P.kwargs
-        ) -> Coroutine[Any, Any, R]:
-            return _counted(self, operation, method(self, *args, **kwargs))
+        async def counted(self: RedisMemoryStore[Any], /, *args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                if self._loop is not asyncio.get_running_loop():
+                    self._bind_loop()
+                return await method(self, *args, **kwargs)
+            except Exception:
+                self._errors[operation] += 1
+                raise
 
         return counted
 
     return decorate
 
 
-async def _counted(
-    store: RedisMemoryStore[Any], operation: str, call: Coroutine[Any, Any, R]
-) -> R:
-    try:
-        if store._loop is not asyncio.get_running_loop():
-            try:
-                store._bind_loop()
-            except BaseException:
-                call.close()  # never started: close it rather than leave it unawaited
-                raise
-        return await call
-    except Exception:
-        store._errors[operation] += 1
-        raise
-
+#: Clients a forked child replaced: kept, never collected (see ``_renew_client``).
+_INHERITED_CLIENTS: list[Any] = []
 
 _CODEC_NAMES = {number: codec.name for codec, number in CODEC_IDS.items()}
 _metadata_encoder = msgspec.msgpack.Encoder()
@@ -570,28 +557,33 @@ class RedisMemoryStore(BaseMemoryStore[T]):
     def _bind_loop(self) -> None:
         """Adopt the running event loop; redis-py connections belong to one loop.
 
-        The first use binds the store. A store that made its client moves to a new
-        loop once the old one has stopped: the old connections cannot be used (or even
-        closed) from here, so it starts a fresh client. Otherwise the store is in use on
-        a loop that still runs, or its client was passed in: ``EventLoopError``.
+        The first use binds the store. While the bound loop still runs (another
+        thread), another loop gets ``EventLoopError``. Once it has stopped, the store
+        moves: a store that made its client starts a fresh one (the old connections
+        can be neither used nor closed from here); a client passed in is its owner's
+        to have closed.
         """
         loop = asyncio.get_running_loop()
         bound = self._loop
         if bound is not None and bound is not loop:
-            if self._make_client is None or self._loop_runs(bound):
+            if self._loop_runs(bound):
                 raise EventLoopError(
-                    f"this store ({self!r}) is bound to another event loop"
-                    + (" that is still running" if bound.is_running() else "")
-                    + "; open one store per event loop"
-                    + (
-                        ""
-                        if self._make_client is not None
-                        else ", or close() it on its loop before using it on another"
-                    )
+                    f"this store ({self!r}) is in use on another event loop that is still "
+                    "running; open one store per event loop"
                 )
-            self._client = self._make_client()
+            self._renew_client()
         self._loop = loop
         self._loop_pid = os.getpid()
+
+    def _renew_client(self) -> None:
+        """A fresh client in place of the one this store made (none for a client passed in)."""
+        if self._make_client is None:
+            return
+        if self._loop_pid != os.getpid():
+            # Inherited through fork(): collecting it would close sockets (and their
+            # epoll registrations) that the parent process still uses.
+            _INHERITED_CLIENTS.append(self._client)
+        self._client = self._make_client()
 
     def _loop_runs(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Whether ``loop`` still runs; a loop of the parent process never does here."""
@@ -787,42 +779,34 @@ class RedisMemoryStore(BaseMemoryStore[T]):
 
     async def _scan(self, prefix: str, count: int) -> AsyncIterator[str]:
         strip = len(self._prefix)
-        started = False
-
-        def start() -> None:
-            nonlocal started
-            started = True
-            self._ops["scan", "ok"] += 1
-
+        outcome = "ok"
         try:
             if self._loop is not asyncio.get_running_loop():
                 self._bind_loop()
-            async for redis_key in self._scan_redis_keys(prefix, count, on_first_page=start):
+            async for redis_key in self._scan_redis_keys(prefix, count):
                 try:
                     key = redis_key[strip:].decode("utf-8", "surrogatepass")
                 except UnicodeDecodeError:
                     continue  # written by another client: no str key maps to these bytes
                 yield key
         except Exception:
-            if started:  # one count per scan: this one failed after all
-                self._ops["scan", "ok"] -= 1
-            self._errors["scan"] += 1
+            outcome = "error"
             raise
+        finally:
+            # Once, when the scan ends: exhausted or closed early (ok), or failed.
+            if outcome == "ok":
+                self._ops["scan", "ok"] += 1
+            else:
+                self._errors["scan"] += 1
 
-    async def _scan_redis_keys(
-        self, prefix: str, count: int, on_first_page: Callable[[], None] | None = None
-    ) -> AsyncIterator[bytes]:
-        """Every Redis key under ``prefix``, once; ``on_first_page`` runs when the
-        first page has been read."""
+    async def _scan_redis_keys(self, prefix: str, count: int) -> AsyncIterator[bytes]:
+        """Every Redis key under ``prefix``, once."""
         match = _glob_escape(self._redis_key(prefix)) + b"*"
         seen: set[bytes] = set()
         for node in await self._scan_targets():
             cursor = 0
             while True:
                 cursor, redis_keys = await self._scan_page(node, cursor, match, count)
-                if on_first_page is not None:
-                    on_first_page()
-                    on_first_page = None
                 for redis_key in redis_keys:
                     if redis_key not in seen:
                         seen.add(redis_key)
@@ -894,21 +878,21 @@ class RedisMemoryStore(BaseMemoryStore[T]):
 
         The store may be used again afterwards, on this loop or another: it reconnects.
         """
-        # Closes every time: a store used again after close() reconnects, and a later
-        # close() must release those connections too.
-        if self._make_client is not None:
-            bound = self._loop
-            if bound is None or bound is asyncio.get_running_loop():
-                await self._client.aclose()
-            elif self._loop_runs(bound):
+        bound = self._loop
+        if bound is not None and bound is not asyncio.get_running_loop():
+            if self._loop_runs(bound):
                 raise EventLoopError(
                     f"this store ({self!r}) is in use on another event loop that is still "
                     "running; close it there"
                 )
-            else:
-                # Opened on a loop that has stopped: those connections cannot be closed
-                # from this one. Drop them for a fresh client.
-                self._client = self._make_client()
+            # Opened on a loop that has stopped: those connections cannot be closed
+            # from this one. Drop them for a fresh client.
+            self._renew_client()
+        elif self._make_client is not None:
+            await self._client.aclose()
+            # A fresh client too: redis-py's pools keep locks bound to the loop that
+            # used them, and the store may next be used on another loop.
+            self._renew_client()
         self._loop = None
 
     def __repr__(self) -> str:

@@ -104,7 +104,8 @@ class StoreStats(NamedTuple):
     ``operations`` counts calls by ``(operation, result)`` for every pair of
     ``OPERATIONS`` (``("get", "hit")``, ``("set", "error")``, …): one per call, so a
     ``get_many`` of 100 keys is one ``("get_many", "ok")`` and 100 ``gets``. A scan
-    counts when its first batch is read. Stores that do not count calls leave it empty.
+    counts once, when it ends: ``ok`` when exhausted or closed early, ``error`` if it
+    fails (counters only ever grow). Stores that do not count calls leave it empty.
     """
 
     gets: int = 0
