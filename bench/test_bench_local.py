@@ -30,6 +30,7 @@ from bench.conftest import (
     timed,
 )
 from memkv import LocalMemoryStore
+from memkv import _core as chosen_core
 from memkv import _core_py as core_py
 
 try:
@@ -53,9 +54,13 @@ def shuffled(keys: list[str], seed: int = 1) -> list[str]:
     return copy
 
 
-def store_on(core: Any) -> LocalMemoryStore[Any]:
+def store_on(core: Any, keys: list[str] | None = None) -> LocalMemoryStore[Any]:
+    """A store on ``core``, holding each of ``keys`` (value 1, with ``TTL``)."""
     store_type = type("Store", (LocalMemoryStore,), {"_core_type": core.LocalCore})
-    return store_type()  # type: ignore[no-any-return]
+    store: LocalMemoryStore[Any] = store_type()
+    if keys:
+        store._core.set_many([(k, 1) for k in keys], TTL)
+    return store
 
 
 class FakeClock:
@@ -104,8 +109,7 @@ def test_get_hit_vs_bare_async_dict(
     keys = make_keys(KEYS)
     order = shuffled(keys)
     plain = dict.fromkeys(keys, 1)
-    store = store_on(core)
-    store._core.set_many([(k, 1) for k in keys], TTL)
+    store = store_on(core, keys)
 
     async def bare_get(key: str) -> Any:
         return plain.get(key)
@@ -140,8 +144,7 @@ def test_set_ttl_existing_vs_bare_async_dict(
     keys = make_keys(KEYS)
     order = shuffled(keys)
     plain = dict.fromkeys(keys, 1)
-    store = store_on(core)
-    store._core.set_many([(k, 1) for k in keys], TTL)
+    store = store_on(core, keys)
 
     async def bare_set(key: str, value: Any) -> None:
         plain[key] = value
@@ -177,18 +180,15 @@ def large_store() -> tuple[Any, dict[str, int]]:
     """A Cython-core store and a dict, each holding ``LARGE`` keys (with a TTL)."""
     core = cython_core()
     keys = make_keys(LARGE)
-    store = store_on(core)
-    store._core.set_many([(k, 1) for k in keys], TTL)
+    store = store_on(core, keys)
     return store, dict.fromkeys(keys, 1)
 
 
 def test_new_key_set_with_ttl_into_a_large_store(
     benchmark: Any, loop: asyncio.AbstractEventLoop
 ) -> None:
-    core = cython_core()
     keys = make_keys(LARGE)
-    store = store_on(core)
-    store._core.set_many([(k, 1) for k in keys], TTL)
+    store = store_on(cython_core(), keys)
     plain = dict.fromkeys(keys, 1)
     batch = KEYS // 2
     rounds = iter(range(1, 100))
@@ -278,8 +278,7 @@ def test_get_many_of_100_keys(benchmark: Any, loop: asyncio.AbstractEventLoop) -
     core = cython_core()
     keys = make_keys(KEYS)
     plain = dict.fromkeys(keys, 1)
-    store = store_on(core)
-    store._core.set_many([(k, 1) for k in keys], TTL)
+    store = store_on(core, keys)
     batches = [shuffled(keys, seed)[:100] for seed in range(50)]
     repeats = 20
 
@@ -331,10 +330,7 @@ def test_get_with_exporters_registered_vs_without(
 
     keys = make_keys(KEYS)
     order = shuffled(keys)
-    exported: LocalMemoryStore[Any] = LocalMemoryStore()
-    bare: LocalMemoryStore[Any] = LocalMemoryStore()
-    for store in (exported, bare):
-        store._core.set_many([(k, 1) for k in keys], TTL)
+    exported, bare = store_on(chosen_core, keys), store_on(chosen_core, keys)
     registry = CollectorRegistry()
     registry.register(StoreCollector({"exported": exported}))
     reader = InMemoryMetricReader()
@@ -377,9 +373,7 @@ def test_get_with_latency_histograms_vs_without(
     core = named_core(core_name)
     keys = make_keys(KEYS)
     order = shuffled(keys)
-    timed, plain = store_on(core), store_on(core)
-    for store in (timed, plain):
-        store._core.set_many([(k, 1) for k in keys], TTL)
+    timed, plain = store_on(core, keys), store_on(core, keys)
     timed.record_latency()
 
     def gets(store: LocalMemoryStore[Any]) -> Callable[[], Any]:
