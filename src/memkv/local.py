@@ -44,10 +44,9 @@ class LocalMemoryStore(BaseMemoryStore[T]):
         self, max_entries: int | None = None, *, clock: Callable[[], float] | None = None
     ) -> None:
         self._core = self._core_type(max_entries, clock)
-        self._errors: Counter[str] = Counter()
-        self._scans_done = 0
+        self._counts: Counter[tuple[str, str]] = Counter()
         # Reentrant: a finalizer run by the cyclic GC inside the lock may fail a call too.
-        self._errors_lock = threading.RLock()
+        self._counts_lock = threading.RLock()
 
     @property
     def max_entries(self) -> int | None:
@@ -61,7 +60,7 @@ class LocalMemoryStore(BaseMemoryStore[T]):
         try:
             return self._core.get(key)
         except Exception:
-            self._failed("get")
+            self._count("get", "error")
             raise
 
     async def set(
@@ -74,28 +73,28 @@ class LocalMemoryStore(BaseMemoryStore[T]):
         try:
             self._core.set(key, value, ttl, metadata)
         except Exception:
-            self._failed("set")
+            self._count("set", "error")
             raise
 
     async def delete(self, key: str) -> bool:
         try:
             return self._core.delete(key)
         except Exception:
-            self._failed("delete")
+            self._count("delete", "error")
             raise
 
     async def exists(self, key: str) -> bool:
         try:
             return self._core.exists(key)
         except Exception:
-            self._failed("exists")
+            self._count("exists", "error")
             raise
 
     async def get_many(self, keys: Iterable[str]) -> list[MemoryEntry[T] | None]:
         try:
             return self._core.get_many(keys)
         except Exception:
-            self._failed("get_many")
+            self._count("get_many", "error")
             raise
 
     async def set_many(
@@ -107,21 +106,21 @@ class LocalMemoryStore(BaseMemoryStore[T]):
         try:
             self._core.set_many(items, ttl, metadata)
         except Exception:
-            self._failed("set_many")
+            self._count("set_many", "error")
             raise
 
     async def delete_many(self, keys: Iterable[str]) -> int:
         try:
             return self._core.delete_many(keys)
         except Exception:
-            self._failed("delete_many")
+            self._count("delete_many", "error")
             raise
 
     async def clear(self, pattern: str | None = None) -> int:
         try:
             return self._core.clear(pattern)
         except Exception:
-            self._failed("clear")
+            self._count("clear", "error")
             raise
 
     def scan(self, pattern: str | None = None, batch_size: int = 100) -> AsyncIterator[str]:
@@ -130,7 +129,7 @@ class LocalMemoryStore(BaseMemoryStore[T]):
             # The cores take a C-sized batch; a larger one means "everything" anyway.
             batch_size = min(check_batch_size(batch_size), sys.maxsize)
         except Exception:
-            self._failed("scan")
+            self._count("scan", "error")
             raise
         return self._scan(prefix, batch_size)
 
@@ -154,20 +153,13 @@ class LocalMemoryStore(BaseMemoryStore[T]):
             raise
         finally:
             # Once, when the scan ends: exhausted or closed early (ok), or failed.
-            self._count_scan(outcome)
+            self._count("scan", outcome)
 
-    def _failed(self, operation: str) -> None:
-        """Count a failed call (the core counts the others)."""
+    def _count(self, operation: str, result: str) -> None:
+        """Count a call the core does not: a failed one, or a scan that ended."""
         # Locked: threads may share a local store, and a Counter's += is not atomic.
-        with self._errors_lock:
-            self._errors[operation] += 1
-
-    def _count_scan(self, outcome: str) -> None:
-        with self._errors_lock:
-            if outcome == "ok":
-                self._scans_done += 1
-            else:
-                self._errors["scan"] += 1
+        with self._counts_lock:
+            self._counts[operation, result] += 1
 
     def purge_expired(self) -> int:
         """Remove every expired entry now; returns how many."""
@@ -180,10 +172,9 @@ class LocalMemoryStore(BaseMemoryStore[T]):
     def stats(self) -> StoreStats:
         core = self._core
         counted = dict(zip(OPERATION_COUNTERS, core.operations(), strict=True))
-        with self._errors_lock:
-            errors = dict(self._errors)
-            counted["scan", "ok"] = self._scans_done
-        return StoreStats(*core.counters(), operations=operation_counts(counted, errors))
+        with self._counts_lock:
+            counted.update(self._counts)
+        return StoreStats(*core.counters(), operations=operation_counts(counted))
 
     def __repr__(self) -> str:
         return f"LocalMemoryStore(max_entries={self.max_entries!r})"

@@ -125,7 +125,7 @@ def _counts_errors(
                     self._bind_loop()
                 return await method(self, *args, **kwargs)
             except Exception:
-                self._errors[operation] += 1
+                self._ops[operation, "error"] += 1
                 raise
 
         return counted
@@ -459,7 +459,6 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         self._loop_pid = os.getpid()
         self._gets = self._hits = self._misses = self._sets = self._deletes = 0
         self._ops: Counter[tuple[str, str]] = Counter()
-        self._errors: Counter[str] = Counter()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisMemoryStore[Any]:
@@ -773,7 +772,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             prefix = check_prefix(pattern)
             count = check_batch_size(batch_size)
         except Exception:
-            self._errors["scan"] += 1
+            self._ops["scan", "error"] += 1
             raise
         return self._scan(prefix, count)
 
@@ -794,10 +793,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             raise
         finally:
             # Once, when the scan ends: exhausted or closed early (ok), or failed.
-            if outcome == "ok":
-                self._ops["scan", "ok"] += 1
-            else:
-                self._errors["scan"] += 1
+            self._ops["scan", outcome] += 1
 
     async def _scan_redis_keys(self, prefix: str, count: int) -> AsyncIterator[bytes]:
         """Every Redis key under ``prefix``, once."""
@@ -870,7 +866,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             sets=self._sets,
             deletes=self._deletes,
             entries=None,
-            operations=operation_counts(self._ops, self._errors),
+            operations=operation_counts(self._ops),
         )
 
     async def close(self) -> None:

@@ -73,18 +73,12 @@ class OperationCounts(Mapping[tuple[str, str], int]):
         return f"OperationCounts({self._counts!r})"
 
 
-def operation_counts(
-    counted: Mapping[tuple[str, str], int], errors: Mapping[str, int]
-) -> OperationCounts:
-    """Every ``(operation, result)`` of ``OPERATIONS`` with its count (zero if absent).
-
-    ``counted`` holds the hit/miss/ok calls, ``errors`` the failed calls by operation.
-    """
+def operation_counts(counted: Mapping[tuple[str, str], int]) -> OperationCounts:
+    """Every ``(operation, result)`` of ``OPERATIONS`` with its count in ``counted``
+    (zero where absent)."""
     return OperationCounts(
         {
-            (operation, result): errors.get(operation, 0)
-            if result == "error"
-            else counted.get((operation, result), 0)
+            (operation, result): counted.get((operation, result), 0)
             for operation, results in OPERATIONS.items()
             for result in results
         }
