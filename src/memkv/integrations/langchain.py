@@ -266,7 +266,7 @@ class MemkvStore(BaseStore[str, V]):
             self._closed = True
             worker = self._take_worker()
         try:
-            if worker is None or self._inline:
+            if worker is None:  # never started (always so for a store run in the caller)
                 await self._store.close()
             else:
                 await asyncio.wrap_future(worker.submit(self._store.close()))
