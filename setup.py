@@ -17,9 +17,9 @@ else:
         [
             Extension(
                 "memkv._core_c",
-                ["cython/_core_c.pyx"],
-                include_dirs=["cython"],
-                depends=["cython/_core_c.h"],
+                ["src/memkv/_core_c.pyx"],
+                include_dirs=["src/memkv"],
+                depends=["src/memkv/_core_c.h"],
             )
         ],
         compiler_directives={"language_level": "3"},
