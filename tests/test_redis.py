@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from memkv import open_store
+from memkv.codecs import MsgpackCodec
 from memkv.errors import (
     AccessDeniedError,
     BackendError,
@@ -28,6 +29,7 @@ from memkv.errors import (
     InvalidTTLError,
 )
 from memkv.redis import ENVELOPE_HEADER, RedisMemoryStore
+from memkv.redis.envelope import decode_entry, encode_entry, ttl_milliseconds
 from tests.redis_servers import RedisServer, unique_namespace
 
 pytestmark = pytest.mark.redis
@@ -326,8 +328,7 @@ async def test_script_cache_flush_is_survived(store: RedisMemoryStore[Any]) -> N
 async def test_sub_millisecond_ttl_rounds_up_and_huge_ttl_is_refused(
     store: RedisMemoryStore[Any],
 ) -> None:
-    _, px = store._envelope(1, None, time.time(), 0.0001)
-    assert px == 1
+    assert ttl_milliseconds(0.0001) == 1
     await store.set("short", 1, ttl=0.0001)
     await asyncio.sleep(0.01)
     assert await store.get("short") is None
@@ -335,10 +336,14 @@ async def test_sub_millisecond_ttl_rounds_up_and_huge_ttl_is_refused(
         await store.set("huge", 1, ttl=1e300)
 
 
-async def test_an_error_reply_is_a_backend_error(store: RedisMemoryStore[Any]) -> None:
-    await store.client.hset(f"{store.namespace}:hash".encode(), "field", "value")
-    with pytest.raises(BackendError, match="WRONGTYPE"):
-        await store.get("hash")
+async def test_an_error_reply_is_a_backend_error(redis_server: RedisServer) -> None:
+    async with RedisMemoryStore(redis_server.url, namespace="full") as store:
+        await store.client.config_set("maxmemory-policy", "noeviction")
+        await store.client.config_set("maxmemory", 1)
+        with pytest.raises(BackendError, match="maxmemory") as info:
+            await store.set("k", 1)
+        assert not isinstance(info.value, (BackendUnavailableError, AccessDeniedError))
+        assert store.stats().operations[("set", "error")] == 1
 
 
 # -- namespaces and prefixes ----------------------------------------------------------------
@@ -707,9 +712,10 @@ async def test_sub_millisecond_ttl_reports_the_rounded_expiry(
 ) -> None:
     # Decode the envelope set() would write: deterministic, unlike racing the server's
     # 1 ms expiry. Datetimes hold microseconds, so compare to within one.
-    envelope, px = store._envelope(1, None, time.time(), 0.0004)
+    px = ttl_milliseconds(0.0004)
     assert px == 1
-    entry = store._entry("short", envelope)
+    envelope = encode_entry(MsgpackCodec(), 1, 1, None, time.time(), px)
+    entry = decode_entry("short", envelope, MsgpackCodec(), 1)
     assert entry.expires_at is not None
     lifetime = (entry.expires_at - entry.updated_at).total_seconds()
     assert lifetime == pytest.approx(0.001, abs=1e-6)

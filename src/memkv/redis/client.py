@@ -1,0 +1,86 @@
+"""Building the redis-py client a store made from a URL uses: timeouts, retry, pool."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.backoff import EqualJitterBackoff
+
+from memkv.errors import InvalidArgumentError
+from memkv.redis.retry import NoRetryOnAccess
+
+__all__ = ["DEFAULT_OPTIONS", "AnyRedis", "check_options", "make_client", "server_label"]
+
+AnyRedis = Redis | RedisCluster
+
+#: Defaults for a store built from a URL; see ``RedisMemoryStore``.
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "socket_timeout": 1.0,
+    "connect_timeout": 1.0,
+    "retries": 3,
+    "backoff_base": 0.025,
+    "backoff_cap": 1.0,
+    "max_connections": None,
+}
+#: The pool size used for "no limit" (redis-py's own default is 100 connections).
+_UNBOUNDED_POOL = 2**31 - 1
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Raise ``InvalidArgumentError`` naming the first option of ``DEFAULT_OPTIONS`` that
+    has a value the client cannot use."""
+    for name in ("socket_timeout", "connect_timeout", "backoff_base", "backoff_cap"):
+        value = options[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise InvalidArgumentError(f"{name} must be a positive number, got {value!r}")
+    retries = options["retries"]
+    if type(retries) is not int or retries < 0:
+        raise InvalidArgumentError(f"retries must be an int >= 0, got {retries!r}")
+    pool = options["max_connections"]
+    if pool is not None and (type(pool) is not int or pool < 1):
+        raise InvalidArgumentError(f"max_connections must be an int >= 1, got {pool!r}")
+
+
+def make_client(
+    url: str, cluster: bool, options: dict[str, Any], client_options: dict[str, Any]
+) -> AnyRedis:
+    """A new client for ``url`` with the store ``options`` (checked) and redis-py's own
+    ``client_options``; it connects on first use."""
+    retry = NoRetryOnAccess(
+        EqualJitterBackoff(cap=options["backoff_cap"], base=options["backoff_base"]),
+        options["retries"],
+    )
+    common: dict[str, Any] = {
+        "socket_timeout": options["socket_timeout"],
+        "socket_connect_timeout": options["connect_timeout"],
+        "retry": retry,
+        **client_options,
+    }
+    max_connections = options["max_connections"]
+    if cluster:
+        common["max_connections"] = max_connections or _UNBOUNDED_POOL
+        return RedisCluster.from_url(url, **common)
+    if max_connections is None:
+        # redis-py reads "no limit" as 100 connections: pass a real bound instead.
+        pool: ConnectionPool = ConnectionPool.from_url(
+            url, max_connections=_UNBOUNDED_POOL, **common
+        )
+    else:
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=options["socket_timeout"], **common
+        )
+    return Redis.from_pool(pool)
+
+
+def server_label(client: AnyRedis) -> str:
+    """Where a client passed in talks to, for messages (never with a password)."""
+    if isinstance(client, RedisCluster):
+        # The seed nodes it was given: known before the first command, unlike the map.
+        seeds: dict[str, ClusterNode] = client.nodes_manager.startup_nodes
+        return ",".join(seeds) or "unknown nodes"
+    kwargs = client.connection_pool.connection_kwargs
+    if kwargs.get("path"):
+        return str(kwargs["path"])
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"

@@ -1,0 +1,502 @@
+"""``RedisMemoryStore``: the memkv contract on one Redis/Valkey server or a Redis Cluster.
+
+Each entry is one Redis string at ``"{namespace}:{key}"`` holding a small versioned
+envelope (``docs/redis-format.md``); expiry is the server's (``PX``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from memkv._core import MemoryEntry
+from memkv.codecs import Codec, codec_id, codec_name, resolve_codec
+from memkv.errors import CodecError, EventLoopError, InvalidArgumentError, MemKVError
+from memkv.redis._url_options import _parse_url
+from memkv.redis.client import DEFAULT_OPTIONS, AnyRedis, check_options, make_client, server_label
+from memkv.redis.commands import RedisCommands
+from memkv.redis.envelope import decode_entry, encode_entry, ttl_milliseconds
+from memkv.redis.errors import FAILURES, FOREIGN_TYPE_MESSAGE, translate
+from memkv.store import TTL, BaseMemoryStore, StoreStats, operation_counts
+from memkv.validation import (
+    check_batch_size,
+    check_items,
+    check_key,
+    check_keys,
+    check_metadata,
+    check_prefix,
+    ttl_seconds,
+)
+
+__all__ = ["RedisMemoryStore"]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Keys removed per UNLINK by ``clear``.
+_CLEAR_BATCH = 500
+#: The largest SCAN COUNT memkv sends: any larger ``batch_size`` means "as many as the
+#: server gives per call" too (the server takes a signed 64-bit count and multiplies it).
+_MAX_SCAN_COUNT = 2**32
+
+_Operation = Callable[Concatenate["RedisMemoryStore[Any]", P], Coroutine[Any, Any, R]]
+
+
+def _ok(_result: object) -> str:
+    return "ok"
+
+
+def _hit_or_miss(result: object) -> str:
+    """``hit`` for an entry or ``True``, ``miss`` for ``None`` or ``False``."""
+    return "miss" if result is None or result is False else "hit"
+
+
+def _operation(
+    name: str, result: Callable[[Any], str] = _ok, *, keyed: bool = False
+) -> Callable[[_Operation[P, R]], _Operation[P, R]]:
+    """Run a store operation: bind the store to the running event loop, translate a
+    redis-py or socket failure into a memkv error (``memkv.redis.errors``), and count
+    the call as ``(name, result(returned))`` or ``(name, "error")``. ``keyed``: the
+    first argument is the key, named by errors about its value."""
+
+    def decorate(method: _Operation[P, R]) -> _Operation[P, R]:
+        @functools.wraps(method)
+        async def run(self: RedisMemoryStore[Any], /, *args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                if self._loop is not asyncio.get_running_loop():
+                    self._bind_loop()
+                returned = await method(self, *args, **kwargs)
+            except Exception as err:
+                self._ops[name, "error"] += 1
+                error = self._translated(err, (args or (kwargs.get("key"),))[0] if keyed else None)
+                if error is None:
+                    raise
+                raise error from err
+            self._ops[name, result(returned)] += 1
+            return returned
+
+        return run
+
+    return decorate
+
+
+def _glob_escape(raw: bytes) -> bytes:
+    """Escape ``* ? [ ] \\`` so that SCAN MATCH treats them literally."""
+    for char in (b"\\", b"*", b"?", b"[", b"]"):
+        raw = raw.replace(char, b"\\" + char)
+    return raw
+
+
+class RedisMemoryStore(BaseMemoryStore[T]):
+    """A store on one Redis/Valkey server or a Redis Cluster, built on redis-py's asyncio
+    client (with hiredis).
+
+    ``url_or_client`` is a URL (``redis://[user:password@]host:port/db``, ``rediss://``
+    for TLS, ``unix:///path/to/redis.sock``, ``redis+cluster://host:port``) or an
+    existing ``redis.asyncio.Redis``/``RedisCluster`` made with ``decode_responses=False``
+    (the store then neither configures nor closes it). Every key lives at
+    ``"{namespace}:{key}"``; ``scan`` and ``clear`` never leave the namespace. ``codec``
+    is ``"msgpack"`` (default), ``"json"``, ``"pickle"`` (unsafe on a shared server) or
+    an object with ``encode``/``decode`` (``memkv.codecs``). Metadata is always stored
+    as MessagePack.
+
+    Connection options (URL query parameters too; the URL's values are used unless
+    given here): ``socket_timeout`` (1 s) bounds each command, ``connect_timeout``
+    (1 s) each connection attempt; a failed attempt is retried ``retries`` (3) times
+    after an exponential backoff with jitter from ``backoff_base`` (25 ms) up to
+    ``backoff_cap`` (1 s). When the budget is spent the operation raises
+    ``BackendUnavailableError``: at worst after ``(retries + 1) * (connect_timeout +
+    socket_timeout)`` plus the backoff (0.175-0.35 s by default), after just the
+    backoff when the server refuses connections. The same store recovers by itself
+    when the server returns. On a cluster, redis-py's cluster client spends
+    ``retries`` on its own loop, which refreshes the slot map between attempts.
+    ``max_connections`` bounds the pool (unbounded by default; when set on one server,
+    callers wait up to ``socket_timeout`` for a free connection; on a cluster it is per
+    node, and a call that finds no free connection fails at once with
+    ``BackendUnavailableError``, as redis-py's cluster pool does). A wrong password or
+    an ACL refusal raises ``AccessDeniedError`` without retrying. Values are sent whole
+    in one command under ``socket_timeout``: raise it for values of many megabytes.
+
+    Costs: ``get``, ``set``, ``delete`` and ``exists`` are one round trip each (``set``
+    runs a small cached Lua script, so overwriting keeps ``created_at`` atomically);
+    ``get_many`` is one ``MGET`` (one per node on a cluster), ``set_many`` one
+    pipeline, ``delete_many`` one ``UNLINK``; ``scan`` and ``clear`` walk the
+    keyspace with ``SCAN`` (every primary on a cluster) and never use ``KEYS`` or
+    ``FLUSHDB``. ``stats()`` counts this client's operations (``expired`` and
+    ``evictions`` are 0, ``entries`` is ``None``).
+
+    >>> store = RedisMemoryStore("redis://localhost:6379/0", namespace="app")
+    >>> await store.set("user:1", {"name": "Ada"}, ttl=60)  # doctest: +SKIP
+    >>> (await store.get("user:1")).value                    # doctest: +SKIP
+    {'name': 'Ada'}
+    """
+
+    def __init__(
+        self,
+        url_or_client: str | AnyRedis,
+        *,
+        namespace: str | None = None,
+        codec: str | Codec | None = None,
+        socket_timeout: float | None = None,
+        connect_timeout: float | None = None,
+        retries: int | None = None,
+        backoff_base: float | None = None,
+        backoff_cap: float | None = None,
+        max_connections: int | None = None,
+    ) -> None:
+        given = {
+            name: value
+            for name, value in (
+                ("socket_timeout", socket_timeout),
+                ("connect_timeout", connect_timeout),
+                ("retries", retries),
+                ("backoff_base", backoff_base),
+                ("backoff_cap", backoff_cap),
+                ("max_connections", max_connections),
+            )
+            if value is not None
+        }
+        if isinstance(url_or_client, str):
+            client_url, cluster, server, url_options, client_options = _parse_url(url_or_client)
+            if namespace is None:
+                namespace = url_options.pop("namespace", None)
+            if codec is None:
+                codec = url_options.pop("codec", None)
+            options = {**DEFAULT_OPTIONS, **url_options, **given}
+            check_options(options)
+        elif isinstance(url_or_client, (Redis, RedisCluster)):
+            if given:
+                raise InvalidArgumentError(
+                    f"{', '.join(sorted(given))} only apply to a store made from a URL; "
+                    "configure the client you pass instead"
+                )
+            if url_or_client.get_encoder().decode_responses:
+                raise InvalidArgumentError(
+                    "RedisMemoryStore needs a client made with decode_responses=False"
+                )
+            cluster = isinstance(url_or_client, RedisCluster)
+            server = server_label(url_or_client)
+        else:
+            raise InvalidArgumentError(
+                "RedisMemoryStore needs a redis://, rediss://, unix:// or redis+cluster:// "
+                "URL or a redis.asyncio Redis/RedisCluster client, "
+                f"not {type(url_or_client).__name__}"
+            )
+        if namespace is None:
+            namespace = "memkv"
+        if not isinstance(namespace, str) or not namespace:
+            raise InvalidArgumentError(f"namespace must be a non-empty str, got {namespace!r}")
+        self._namespace = namespace
+        self._prefix = (namespace + ":").encode("utf-8", "surrogatepass")
+        self._codec = resolve_codec("msgpack" if codec is None else codec)
+        self._codec_id = codec_id(self._codec)
+        self._cluster = cluster
+        self._server = server
+        self._where = f"Redis {'Cluster ' if cluster else ''}at {server}"
+        # The client comes last: nothing above may fail after a pool exists.
+        if isinstance(url_or_client, str):
+            make = functools.partial(make_client, client_url, cluster, options, client_options)
+            self._redis = RedisCommands(make(), make)
+        else:
+            self._redis = RedisCommands(url_or_client, None)
+        # The event loop the client's connections belong to (None until first used).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_pid = os.getpid()
+        self._gets = self._hits = self._misses = self._sets = self._deletes = 0
+        self._ops: Counter[tuple[str, str]] = Counter()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisMemoryStore[Any]:
+        """A store for ``url``; keyword ``options`` override the URL's query parameters.
+
+        Query parameters: ``namespace``, ``codec``, ``socket_timeout``,
+        ``connect_timeout``, ``retries``, ``backoff_base``, ``backoff_cap``,
+        ``max_connections`` (alias ``pool_size``), ``db``, ``client_name``,
+        ``health_check_interval`` and, for ``rediss://``, ``ssl_cert_reqs``,
+        ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname``.
+        An unknown parameter or a bad value raises ``InvalidArgumentError`` naming it.
+        """
+        if not isinstance(url, str):
+            raise InvalidArgumentError(f"a Redis URL must be a str, not {type(url).__name__}")
+        return cls(url, **options)
+
+    @property
+    def namespace(self) -> str:
+        """The namespace every key of this store lives under."""
+        return self._namespace
+
+    @property
+    def client(self) -> AnyRedis:
+        """The redis-py client underneath (for commands memkv does not wrap).
+
+        A store made from a URL replaces it when it moves to a new event loop.
+        """
+        return self._redis.client
+
+    # -- keys, entries, errors ------------------------------------------------------
+
+    def _redis_key(self, key: str) -> bytes:
+        if type(key) is not str:
+            key = check_key(key)
+        return self._prefix + key.encode("utf-8", "surrogatepass")
+
+    def _encode(self, value: Any, metadata: dict[str, Any] | None, now: float, px: int) -> bytes:
+        return encode_entry(self._codec, self._codec_id, value, metadata, now, px)
+
+    def _decode(self, key: str, data: bytes) -> MemoryEntry[T]:
+        return decode_entry(key, data, self._codec, self._codec_id)
+
+    def _translated(self, err: Exception, key: Any = None) -> MemKVError | None:
+        """The memkv error to raise from ``err`` if it is a redis-py or socket failure
+        (naming the server, never a password), else ``None``: raise ``err`` itself."""
+        return translate(err, self._where, key) if isinstance(err, FAILURES) else None
+
+    # -- single keys -----------------------------------------------------------------
+
+    @_operation("get", _hit_or_miss, keyed=True)
+    async def get(self, key: str) -> MemoryEntry[T] | None:
+        data = await self._redis.get(self._redis_key(key))
+        if data is None:
+            self._gets += 1
+            self._misses += 1
+            return None
+        entry = self._decode(key, data)  # a CodecError here counts as a failed call only
+        self._gets += 1
+        self._hits += 1
+        return entry
+
+    @_operation("set", keyed=True)
+    async def set(
+        self,
+        key: str,
+        value: T,
+        ttl: TTL = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write ``value`` at ``key``, keeping ``created_at`` when it overwrites an entry.
+
+        Whatever another client stored at the key (a string that is not an entry, a
+        hash...) is replaced, as ``SET`` does.
+        """
+        redis_key = self._redis_key(key)
+        px = ttl_milliseconds(ttl_seconds(ttl))
+        envelope = self._encode(value, check_metadata(metadata), time.time(), px)
+        await self._redis.set(redis_key, envelope, px)
+        self._sets += 1
+
+    @_operation("delete", _hit_or_miss, keyed=True)
+    async def delete(self, key: str) -> bool:
+        removed = await self._redis.unlink([self._redis_key(key)])
+        self._deletes += removed
+        return bool(removed)
+
+    @_operation("exists", _hit_or_miss, keyed=True)
+    async def exists(self, key: str) -> bool:
+        """Whether the key holds something: an entry, or a value another client stored
+        there (which ``get`` refuses with ``CodecError``)."""
+        return await self._redis.exists(self._redis_key(key))
+
+    # -- batches -----------------------------------------------------------------------
+
+    @_operation("get_many")
+    async def get_many(self, keys: Iterable[str]) -> list[MemoryEntry[T] | None]:
+        checked = check_keys(keys)
+        if not checked:
+            return []
+        redis_keys = [self._redis_key(key) for key in checked]
+        values, foreign = await self._redis.get_many(redis_keys)
+        if foreign:
+            await self._refuse_foreign(checked, redis_keys, values)
+        decode = self._decode
+        found = [
+            None if data is None else decode(key, data)
+            for key, data in zip(checked, values, strict=True)
+        ]
+        hits = len(found) - found.count(None)
+        self._gets += len(found)
+        self._hits += hits
+        self._misses += len(found) - hits
+        return found
+
+    async def _refuse_foreign(
+        self, keys: list[str], redis_keys: list[bytes], values: list[bytes | None]
+    ) -> None:
+        """Raise ``CodecError`` naming the first key that holds another Redis type than a
+        string (``MGET`` reads those as missing)."""
+        missing = [index for index, data in enumerate(values) if data is None]
+        types = await self._redis.types([redis_keys[index] for index in missing])
+        for index, redis_type in zip(missing, types, strict=True):
+            # "string" or "none": written or removed since MGET; a miss as MGET saw it.
+            if redis_type not in ("string", "none"):
+                raise CodecError(FOREIGN_TYPE_MESSAGE.format(key=keys[index], where=self._where))
+
+    @_operation("set_many")
+    async def set_many(
+        self,
+        items: Mapping[str, T] | Iterable[tuple[str, T]],
+        ttl: TTL = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        pairs = check_items(items)
+        px = ttl_milliseconds(ttl_seconds(ttl))
+        meta = check_metadata(metadata)
+        if not pairs:
+            return
+        now = time.time()
+        # Encode everything first: a value the codec rejects must leave nothing written.
+        writes = [
+            (self._redis_key(key), self._encode(value, meta, now, px), px) for key, value in pairs
+        ]
+        await self._redis.set_many(writes)
+        self._sets += len(pairs)
+
+    @_operation("delete_many")
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        checked = check_keys(keys)
+        if not checked:
+            return 0
+        removed = await self._redis.unlink([self._redis_key(key) for key in checked])
+        self._deletes += removed
+        return removed
+
+    # -- scans -------------------------------------------------------------------------
+
+    def scan(self, pattern: str | None = None, batch_size: int = 100) -> AsyncIterator[str]:
+        """Yield each key starting with the literal prefix ``pattern`` once.
+
+        One ``SCAN MATCH <escaped prefix>* COUNT batch_size`` per page (a count above
+        2**32 is sent as 2**32), on every primary of a cluster; keys the server repeats
+        are yielded once (the keys seen so far are remembered, so memory grows with the
+        number of matches). Keys another client stored in the namespace are yielded
+        too, whatever their Redis type.
+        """
+        try:
+            prefix = check_prefix(pattern)
+            count = min(check_batch_size(batch_size), _MAX_SCAN_COUNT)
+        except Exception:
+            self._ops["scan", "error"] += 1
+            raise
+        return self._scan(prefix, count)
+
+    async def _scan(self, prefix: str, count: int) -> AsyncIterator[str]:
+        # The async-generator twin of _operation: counted once, when the scan ends,
+        # exhausted or closed early (ok) or failed.
+        strip = len(self._prefix)
+        outcome = "ok"
+        try:
+            if self._loop is not asyncio.get_running_loop():
+                self._bind_loop()
+            async for redis_key in self._scan_redis_keys(prefix, count):
+                try:
+                    key = redis_key[strip:].decode("utf-8", "surrogatepass")
+                except UnicodeDecodeError:
+                    continue  # written by another client: no str key maps to these bytes
+                yield key
+        except Exception as err:
+            outcome = "error"
+            error = self._translated(err)
+            if error is None:
+                raise
+            raise error from err
+        finally:
+            self._ops["scan", outcome] += 1
+
+    def _scan_redis_keys(self, prefix: str, count: int) -> AsyncIterator[bytes]:
+        """Every Redis key under ``prefix``, once."""
+        return self._redis.scan(_glob_escape(self._redis_key(prefix)) + b"*", count)
+
+    @_operation("clear")
+    async def clear(self, pattern: str | None = None) -> int:
+        """Remove this store's keys that start with ``pattern`` (all when ``None``), of
+        whatever Redis type.
+
+        Batched ``SCAN`` + ``UNLINK`` (500 keys per ``UNLINK``) on every primary;
+        returns how many keys were removed.
+        """
+        prefix = check_prefix(pattern)
+        removed = 0
+        batch: list[bytes] = []
+        async for redis_key in self._scan_redis_keys(prefix, _CLEAR_BATCH):
+            batch.append(redis_key)
+            if len(batch) >= _CLEAR_BATCH:
+                removed += await self._redis.unlink(batch)
+                batch = []
+        if batch:
+            removed += await self._redis.unlink(batch)
+        self._deletes += removed
+        return removed
+
+    # -- event loops -----------------------------------------------------------------
+
+    def _bind_loop(self) -> None:
+        """Adopt the running event loop; redis-py connections belong to one loop.
+
+        The first use binds the store. While the bound loop still runs (another
+        thread), another loop gets ``EventLoopError``. Once it has stopped, the store
+        moves: a store that made its client starts a fresh one (the old connections
+        can be neither used nor closed from here); a client passed in is its owner's
+        to have closed.
+        """
+        loop = asyncio.get_running_loop()
+        bound = self._loop
+        if bound is not None and bound is not loop:
+            if self._loop_runs(bound):
+                raise EventLoopError(
+                    f"this store ({self!r}) is in use on another event loop that is still "
+                    "running; open one store per event loop"
+                )
+            self._redis.renew()
+        self._loop = loop
+        self._loop_pid = os.getpid()
+
+    def _loop_runs(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether ``loop`` still runs; a loop of the parent process never does here."""
+        return self._loop_pid == os.getpid() and loop.is_running()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def stats(self) -> StoreStats:
+        return StoreStats(
+            gets=self._gets,
+            hits=self._hits,
+            misses=self._misses,
+            sets=self._sets,
+            deletes=self._deletes,
+            entries=None,
+            operations=operation_counts(self._ops),
+        )
+
+    async def close(self) -> None:
+        """Close the connections (only when the store made its client). Safe twice.
+
+        The store may be used again afterwards, on this loop or another: it reconnects.
+        """
+        bound = self._loop
+        if bound is not None and bound is not asyncio.get_running_loop():
+            if self._loop_runs(bound):
+                raise EventLoopError(
+                    f"this store ({self!r}) is in use on another event loop that is still "
+                    "running; close it there"
+                )
+            # Opened on a loop that has stopped: those connections cannot be closed
+            # from this one. Drop them for a fresh client.
+            self._redis.renew()
+        else:
+            await self._redis.aclose()
+        self._loop = None
+
+    def __repr__(self) -> str:
+        kind = "cluster " if self._cluster else ""
+        return (
+            f"RedisMemoryStore({kind}{self._server}, namespace={self._namespace!r}, "
+            f"codec={codec_name(self._codec)!r})"
+        )
