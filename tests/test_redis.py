@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from memkv import open_store
-from memkv.codecs import MsgpackCodec
 from memkv.errors import (
     AccessDeniedError,
     BackendError,
@@ -29,7 +28,7 @@ from memkv.errors import (
     InvalidTTLError,
 )
 from memkv.redis import ENVELOPE_HEADER, RedisMemoryStore
-from memkv.redis.envelope import decode_entry, encode_entry, ttl_milliseconds
+from memkv.redis.envelope import ttl_milliseconds
 from tests.redis_servers import RedisServer, unique_namespace
 
 pytestmark = pytest.mark.redis
@@ -705,20 +704,6 @@ async def test_acl_refusal_inside_the_set_script_is_access_denied(
             await store.set("k", 1)
         with pytest.raises(AccessDeniedError):
             await store.set_many({"k": 1})
-
-
-async def test_sub_millisecond_ttl_reports_the_rounded_expiry(
-    store: RedisMemoryStore[Any],
-) -> None:
-    # Decode the envelope set() would write: deterministic, unlike racing the server's
-    # 1 ms expiry. Datetimes hold microseconds, so compare to within one.
-    px = ttl_milliseconds(0.0004)
-    assert px == 1
-    envelope = encode_entry(MsgpackCodec(), 1, 1, None, time.time(), px)
-    entry = decode_entry("short", envelope, MsgpackCodec(), 1)
-    assert entry.expires_at is not None
-    lifetime = (entry.expires_at - entry.updated_at).total_seconds()
-    assert lifetime == pytest.approx(0.001, abs=1e-6)
 
 
 async def test_a_custom_codec_error_never_echoes_the_value(redis_url: str) -> None:
