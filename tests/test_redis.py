@@ -393,6 +393,77 @@ async def test_foreign_keys_that_are_not_utf8_are_skipped_by_scan(
     assert await store.clear() == 2
 
 
+# -- data memkv did not write ------------------------------------------------------------------
+
+
+@pytest.fixture(params=["single", "cluster"])
+async def either_store(request: pytest.FixtureRequest) -> AsyncIterator[RedisMemoryStore[Any]]:
+    url = request.getfixturevalue("redis_url" if request.param == "single" else "cluster_url")
+    async with RedisMemoryStore(url, namespace=unique_namespace()) as opened:
+        yield opened
+
+
+async def _store_foreign_types(store: RedisMemoryStore[Any]) -> None:
+    """A hash at "hash" and a list at "list", as another client of the server would."""
+    await store.client.hset(f"{store.namespace}:hash".encode(), "field", "secret-field")
+    await store.client.rpush(f"{store.namespace}:list".encode(), "secret-item")
+
+
+async def test_a_key_of_another_redis_type_is_a_codec_error_naming_the_key(
+    either_store: RedisMemoryStore[Any],
+) -> None:
+    store = either_store
+    await _store_foreign_types(store)
+    await store.set("mine", 1)
+    for key in ("hash", "list"):
+        with pytest.raises(CodecError, match=f"'{key}'") as info:
+            await store.get(key)
+        assert "secret" not in _messages(info.value)
+    with pytest.raises(CodecError, match="'hash'"):
+        await store.get_many(["mine", "missing", "hash"])
+    with pytest.raises(CodecError, match="'list'"):
+        await store.get_many(["list"])
+    stats = store.stats()
+    assert stats.operations[("get", "error")] == 2
+    assert stats.operations[("get_many", "error")] == 2
+    assert (stats.gets, stats.hits, stats.misses) == (0, 0, 0)
+    # Keys that merely miss are still plain misses.
+    entries = await store.get_many(["mine", "missing"])
+    assert entries[1] is None
+    assert entries[0] is not None
+    assert entries[0].value == 1
+
+
+async def test_foreign_keys_exist_are_scanned_deleted_cleared_and_overwritten(
+    either_store: RedisMemoryStore[Any],
+) -> None:
+    # Decided: a key another client stored in the namespace is there (exists, scan),
+    # and memkv may replace or remove it (set, delete, clear), as it does a foreign
+    # string; only reading it (get, get_many) is refused.
+    store = either_store
+    await _store_foreign_types(store)
+    assert await store.exists("hash")
+    assert sorted([key async for key in store.scan()]) == ["hash", "list"]
+    await store.set("hash", {"now": "mine"}, ttl=60)
+    entry = await store.get("hash")
+    assert entry is not None
+    assert entry.value == {"now": "mine"}
+    assert await store.delete("list")
+    assert not await store.exists("list")
+    await store.client.sadd(f"{store.namespace}:set".encode(), "member")
+    assert await store.clear() == 2  # the entry now at "hash", and the set
+    assert [key async for key in store.scan()] == []
+
+
+@pytest.mark.parametrize("batch_size", [2**31, 2**63, 2**64, 10**30])
+async def test_scan_accepts_any_batch_size_the_local_store_accepts(
+    either_store: RedisMemoryStore[Any], batch_size: int
+) -> None:
+    await either_store.set_many({"a": 1, "b": 2})
+    assert sorted([key async for key in either_store.scan(batch_size=batch_size)]) == ["a", "b"]
+    assert either_store.stats().operations[("scan", "error")] == 0
+
+
 # -- cluster ----------------------------------------------------------------------------------
 
 
