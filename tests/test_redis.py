@@ -195,6 +195,163 @@ async def test_acl_refusal_is_access_denied(password_server: RedisServer) -> Non
     assert "app-pw" not in _messages(info.value)
 
 
+# -- exception chains ---------------------------------------------------------------------------
+
+
+def _chain_faults(error: BaseException, password: str) -> list[str]:
+    """What is wrong with the chain of ``error``: a cycle through ``__cause__`` or
+    ``__context__`` (a traceback walker without a seen-set would loop forever), an
+    exception reached twice along ``cause or context``, or a message holding
+    ``password``."""
+    faults = []
+    on_path: list[BaseException] = []
+    done: list[BaseException] = []
+
+    def visit(node: BaseException) -> None:
+        if any(node is seen for seen in on_path):
+            faults.append(f"cycle back to {node!r}")
+            return
+        if any(node is seen for seen in done):
+            return
+        if password in f"{node} {node!r}":
+            faults.append(f"{type(node).__name__} holds the password")
+        on_path.append(node)
+        for linked in (node.__cause__, node.__context__):
+            if linked is not None:
+                visit(linked)
+        done.append(on_path.pop())
+
+    visit(error)
+    walked: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None:
+        if any(current is seen for seen in walked):
+            faults.append(f"{current!r} repeats along cause-or-context")
+            break
+        walked.append(current)
+        current = current.__cause__ or current.__context__
+    return faults
+
+
+_SECRET = "correct-horse-7"  # password_server's password
+
+
+async def _wrong_password(server: RedisServer) -> None:
+    url = server.url.replace(_SECRET, f"{_SECRET}-wrong")
+    async with RedisMemoryStore(url) as store:
+        await store.get("k")
+
+
+async def _acl_refuses_a_command(server: RedisServer) -> None:
+    async with RedisMemoryStore(server.url) as admin:
+        await admin.client.execute_command(
+            "ACL", "SETUSER", "nogets", "on", f">{_SECRET}", "~*", "+@all", "-get"
+        )
+    async with RedisMemoryStore(f"redis://nogets:{_SECRET}@127.0.0.1:{server.port}/0") as store:
+        await store.get("k")
+
+
+async def _acl_refuses_inside_the_script(server: RedisServer) -> None:
+    async with RedisMemoryStore(server.url) as admin:
+        await admin.client.execute_command(
+            "ACL", "SETUSER", "nosets", "on", f">{_SECRET}", "~*", "+@all", "-set"
+        )
+    async with RedisMemoryStore(f"redis://nosets:{_SECRET}@127.0.0.1:{server.port}/0") as store:
+        await store.set("k", 1)
+
+
+async def _server_down(server: RedisServer) -> None:
+    async with RedisMemoryStore(server.url + "?retries=1") as store:
+        await store.set("k", 1)
+        server.kill()
+        await store.get("k")
+
+
+async def _server_hung(server: RedisServer) -> None:
+    url = server.url + "?retries=1&socket_timeout=0.2&connect_timeout=0.2"
+    async with RedisMemoryStore(url) as store:
+        await store.set("k", 1)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            await store.get("k")
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+
+
+async def _wrong_type(server: RedisServer) -> None:
+    async with RedisMemoryStore(server.url) as store:
+        await store.client.hset(b"memkv:k", "field", "value")
+        await store.get("k")
+
+
+async def _out_of_memory(server: RedisServer) -> None:
+    async with RedisMemoryStore(server.url) as store:
+        await store.client.config_set("maxmemory-policy", "noeviction")
+        await store.client.config_set("maxmemory", 1)
+        await store.set("k", 1)
+
+
+async def _read_only_replica(server: RedisServer) -> None:
+    replica = RedisServer(
+        server.binary,
+        server.directory.parent / "replica",
+        password=_SECRET,
+        args=["--masterauth", _SECRET, "--replicaof", "127.0.0.1", str(server.port)],
+    )
+    replica.start()
+    try:
+        async with RedisMemoryStore(replica.url) as store:
+            await store.set("k", 1)
+    finally:
+        replica.stop()
+
+
+async def _unencodable_value(server: RedisServer) -> None:
+    async with RedisMemoryStore(server.url) as store:
+        await store.set("k", object())
+
+
+async def _not_an_envelope(server: RedisServer) -> None:
+    async with RedisMemoryStore(server.url) as store:
+        await store.client.set(b"memkv:k", b"raw bytes")
+        await store.get("k")
+
+
+async def _cluster_all_down(server: RedisServer) -> None:
+    from tests.redis_servers import free_port
+
+    port = free_port(cluster_bus=True)
+    url = f"redis+cluster://:{_SECRET}@127.0.0.1:{port}?retries=1&connect_timeout=0.2"
+    async with RedisMemoryStore(url) as store:
+        await store.get("k")
+
+
+@pytest.mark.parametrize(
+    ("fail", "expected"),
+    [
+        (_wrong_password, AccessDeniedError),
+        (_acl_refuses_a_command, AccessDeniedError),
+        (_acl_refuses_inside_the_script, AccessDeniedError),
+        (_server_down, BackendUnavailableError),
+        (_server_hung, BackendUnavailableError),
+        (_wrong_type, CodecError),
+        (_out_of_memory, BackendError),
+        (_read_only_replica, BackendError),
+        (_unencodable_value, CodecError),
+        (_not_an_envelope, CodecError),
+        (_cluster_all_down, BackendUnavailableError),
+    ],
+    ids=lambda case: case.__name__.strip("_") if callable(case) else case.__name__,
+)
+async def test_no_error_has_a_cyclic_chain_or_the_password_in_it(
+    password_server: RedisServer, fail: Any, expected: type[Exception]
+) -> None:
+    with pytest.raises(expected) as info:
+        await fail(password_server)
+    assert _chain_faults(info.value, _SECRET) == []
+
+
 # -- codecs and envelopes -------------------------------------------------------------------
 
 
