@@ -128,8 +128,9 @@ class RedisMemoryStore(BaseMemoryStore[T]):
 
     Costs: ``get``, ``set``, ``delete`` and ``exists`` are one round trip each (``set``
     runs a small cached Lua script, so overwriting keeps ``created_at`` atomically);
-    ``get_many`` is one ``MGET`` (one per node on a cluster), ``set_many`` one
-    pipeline, ``delete_many`` one ``UNLINK``; ``scan`` and ``clear`` walk the
+    ``get_many`` is one round trip (``MGET`` and an ``EXISTS`` that tells a key of
+    another Redis type from a missing one; on a cluster one ``MGET`` per node, then
+    ``EXISTS`` of the misses), ``set_many`` one pipeline, ``delete_many`` one ``UNLINK``; ``scan`` and ``clear`` walk the
     keyspace with ``SCAN`` (every primary on a cluster) and never use ``KEYS`` or
     ``FLUSHDB``. ``stats()`` counts this client's operations (``expired`` and
     ``evictions`` are 0, ``entries`` is ``None``).
