@@ -77,7 +77,8 @@ def _operation(
                 returned = await method(self, *args, **kwargs)
             except Exception as err:
                 self._ops[name, "error"] += 1
-                error = self._translated(err, (args or (kwargs.get("key"),))[0] if keyed else None)
+                key = (args[0] if args else kwargs.get("key")) if keyed else None
+                error = self._translated(err, key)
                 if error is None:
                     raise
                 raise error from err
@@ -130,10 +131,10 @@ class RedisMemoryStore(BaseMemoryStore[T]):
     runs a small cached Lua script, so overwriting keeps ``created_at`` atomically);
     ``get_many`` is one round trip (``MGET`` and an ``EXISTS`` that tells a key of
     another Redis type from a missing one; on a cluster one ``MGET`` per node, then
-    ``EXISTS`` of the misses), ``set_many`` one pipeline, ``delete_many`` one ``UNLINK``; ``scan`` and ``clear`` walk the
-    keyspace with ``SCAN`` (every primary on a cluster) and never use ``KEYS`` or
-    ``FLUSHDB``. ``stats()`` counts this client's operations (``expired`` and
-    ``evictions`` are 0, ``entries`` is ``None``).
+    ``EXISTS`` of the misses), ``set_many`` one pipeline, ``delete_many`` one
+    ``UNLINK``; ``scan`` and ``clear`` walk the keyspace with ``SCAN`` (every primary on
+    a cluster) and never use ``KEYS`` or ``FLUSHDB``. ``stats()`` counts this client's
+    operations (``expired`` and ``evictions`` are 0, ``entries`` is ``None``).
 
     >>> store = RedisMemoryStore("redis://localhost:6379/0", namespace="app")
     >>> await store.set("user:1", {"name": "Ada"}, ttl=60)  # doctest: +SKIP
@@ -200,7 +201,6 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         self._prefix = (namespace + ":").encode("utf-8", "surrogatepass")
         self._codec = resolve_codec("msgpack" if codec is None else codec)
         self._codec_id = codec_id(self._codec)
-        self._cluster = cluster
         self._server = server
         self._where = f"Redis {'Cluster ' if cluster else ''}at {server}"
         # The client comes last: nothing above may fail after a pool exists.
@@ -496,7 +496,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         self._loop = None
 
     def __repr__(self) -> str:
-        kind = "cluster " if self._cluster else ""
+        kind = "cluster " if self._redis.cluster else ""
         return (
             f"RedisMemoryStore({kind}{self._server}, namespace={self._namespace!r}, "
             f"codec={codec_name(self._codec)!r})"
