@@ -1,8 +1,5 @@
-"""The few Redis commands a store issues, on one redis-py client (one server or a cluster).
-
-The store calls these methods and nothing else of redis-py, so the client underneath
-can be replaced (a fresh one per event loop, another transport) in one place.
-"""
+"""The few Redis commands a store issues: the one object between the store and redis-py
+(so that a fresh client, another transport or a cluster router replaces it in one place)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""One table from redis-py and socket failures to the memkv errors a store raises.
-
-Like redis-py's own ``EXCEPTION_CLASSES`` (reply prefix to class), read top to bottom:
-the first row whose exception class (and, for error replies, reply text) matches wins.
-"""
+"""One table from redis-py and socket failures to the memkv errors a store raises (like
+redis-py's ``EXCEPTION_CLASSES``): read top to bottom, the first matching row wins."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""``RedisMemoryStore``: the memkv contract on one Redis/Valkey server or a Redis Cluster.
-
-Each entry is one Redis string at ``"{namespace}:{key}"`` holding a small versioned
-envelope (``docs/redis-format.md``); expiry is the server's (``PX``).
-"""
+"""The store operations of ``RedisMemoryStore``: each entry is one Redis string at
+``"{namespace}:{key}"`` holding an envelope (``docs/redis-format.md``), expiring by ``PX``."""
 
 from __future__ import annotations
 
