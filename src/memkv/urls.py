@@ -7,13 +7,17 @@ parsed without the ``redis`` extra, which only opening the store needs.
 
 Messages about a URL name the component or parameter at fault and never repeat URL
 text: not the user information, path, query values or fragment, and not an unknown
-scheme (in ``user:password@host`` the "scheme" is the user name). A parameter name is
-shown when it is a plain identifier. The values a store shows once built are the server
-address (host and port, or socket path), the namespace and the codec name.
+scheme (in ``user:password@host`` the "scheme" is the user name), not an unknown
+parameter's name (a password holding an unencoded ``?`` ends up there): the parameter
+is named by its position and the closest known name. Known parameter names are shown;
+their values are not, except the codec name (``resolve_codec`` echoes it: it selects
+one of three codecs). A built store shows the server's address (host and port, or
+socket path), its namespace and its codec name.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -53,9 +57,6 @@ _SCHEMES: Mapping[str, _Scheme] = MappingProxyType(
 )
 #: The schemes of a Redis store URL.
 REDIS_SCHEMES = frozenset(_SCHEMES)
-_EXPECTED_SCHEMES = (
-    "memory://, redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://"
-)
 _ENCODE_HINT = (
     "percent-encode '/', '?', '#', '@', '[' and ']' in a user name or password "
     "(%2F %3F %23 %40 %5B %5D)"
@@ -172,34 +173,23 @@ def parse_url(url: str) -> StoreURL:
     Raises ``InvalidArgumentError`` naming the component or parameter at fault, never
     quoting the URL: it may hold a password.
     """
-    parts = _split(url)
-    scheme = parts.scheme.lower()
+    parts, scheme = _split(url, "store", ("memory", *_SCHEMES))
     if scheme == "memory":
         return _memory_url(parts)
-    if scheme in _SCHEMES:
-        return _redis_url(parts, scheme)
-    if not scheme:
-        raise InvalidArgumentError(f"a store URL needs a scheme: {_EXPECTED_SCHEMES}")
-    raise InvalidArgumentError(f"unknown store URL scheme; expected {_EXPECTED_SCHEMES}")
+    return _redis_url(parts, scheme)
 
 
 def parse_redis_url(url: str) -> RedisURL:
     """Parse a Redis store URL (``parse_url`` for the Redis schemes only)."""
-    parts = _split(url, kind="Redis")
-    scheme = parts.scheme.lower()
-    if scheme not in _SCHEMES:
-        raise InvalidArgumentError(
-            "unknown Redis URL scheme; expected redis://, rediss://, unix://, "
-            "redis+cluster:// or rediss+cluster://"
-        )
-    return _redis_url(parts, scheme)
+    return _redis_url(*_split(url, "Redis", tuple(_SCHEMES)))
 
 
 # -- splitting -------------------------------------------------------------------------------
 
 
-def _split(url: object, kind: str = "store") -> SplitResult:
-    """``urlsplit(url)`` with its port checked, and the shapes that leak refused.
+def _split(url: object, kind: str, schemes: tuple[str, ...]) -> tuple[SplitResult, str]:
+    """``urlsplit(url)`` and its lowercased scheme, one of ``schemes``, with its port
+    checked and the shapes that leak a password refused.
 
     Each failure is raised outside the ``except`` block: urlsplit's own message quotes
     the URL, and even a suppressed ``__context__`` would carry it along.
@@ -215,6 +205,12 @@ def _split(url: object, kind: str = "store") -> SplitResult:
         raise InvalidArgumentError(
             f"malformed host in the {kind} URL (brackets or characters); {_ENCODE_HINT}"
         )
+    scheme = parts.scheme.lower()
+    if scheme not in schemes:
+        # Never repeated: in "user:password@host" the "scheme" is the user name.
+        expected = ", ".join(f"{name}://" for name in schemes)
+        problem = f"unknown {kind} URL scheme" if scheme else f"a {kind} URL needs a scheme"
+        raise InvalidArgumentError(f"{problem}; expected {expected}")
     if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
         # A user name or password holding an unencoded '/', '?' or '#' ends the host
         # early and spills into the path, query or fragment: refuse it as a whole.
@@ -230,19 +226,25 @@ def _split(url: object, kind: str = "store") -> SplitResult:
         raise InvalidArgumentError(
             f"the {kind} URL's port is not a number from 0 to 65535; {_ENCODE_HINT}"
         )
-    return parts
+    return parts, scheme
 
 
 def _query(parts: SplitResult) -> list[tuple[str, str]]:
     return parse_qsl(parts.query, keep_blank_values=True)
 
 
-_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+def _unknown_parameter(kind: str, index: int, name: str, known: list[str]) -> str:
+    """The message for the ``index``-th query parameter, which is not in ``known``.
 
-
-def _parameter(name: str) -> str:
-    """A parameter name for a message: itself when a plain identifier, else not shown."""
-    return repr(name) if _PLAIN_NAME.fullmatch(name) else "(name not shown: not an identifier)"
+    Its name is not repeated (a password with an unencoded '?' lands in the query as a
+    parameter name): it is named by position, with the closest known name if any.
+    """
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return (
+        f"query parameter #{index} of the {kind} URL is not one memkv knows{hint}; "
+        f"expected {', '.join(known)}"
+    )
 
 
 # -- memory:// -------------------------------------------------------------------------------
@@ -252,10 +254,10 @@ def _memory_url(parts: SplitResult) -> MemoryURL:
     if parts.netloc or parts.path not in ("", "/"):
         raise InvalidArgumentError("memory:// takes no host or path")
     max_entries: int | None = None
-    for name, value in _query(parts):
+    for index, (name, value) in enumerate(_query(parts), 1):
         if name != "max_entries":
             raise InvalidArgumentError(
-                f"unknown memory:// parameter {_parameter(name)}; expected max_entries"
+                _unknown_parameter("memory://", index, name, ["max_entries"])
             )
         max_entries = _parse_value(name, value, _POSITIVE_INT)
     return MemoryURL(max_entries)
@@ -348,7 +350,8 @@ _CONNECTION_PARAMETERS: Mapping[str, _Parameter] = MappingProxyType(
 
 
 def _parse_value(name: str, value: str, parameter: _Parameter) -> Any:
-    """``parameter.parse(value)``, or an error naming ``name`` but not the value.
+    """``parameter.parse(value)``, or an error naming ``name`` (a known parameter's) but
+    not the value.
 
     The value is never repeated, since no parameter value is known to be free of
     secrets. The refusal is raised outside the ``except`` block, so that no chained
@@ -359,24 +362,22 @@ def _parse_value(name: str, value: str, parameter: _Parameter) -> Any:
     except (TypeError, ValueError):
         pass
     raise InvalidArgumentError(
-        f"bad value for the URL parameter {_parameter(name)}: expected {parameter.expected}"
+        f"bad value for the URL parameter {name!r}: expected {parameter.expected}"
     )
 
 
 def _redis_url(parts: SplitResult, scheme: str) -> RedisURL:
     options: dict[str, Any] = {}
     connection: dict[str, Any] = {}
-    for name, value in _query(parts):
+    for index, (name, value) in enumerate(_query(parts), 1):
         if name in _STORE_PARAMETERS:
             option, parameter = _STORE_PARAMETERS[name]
             options[option] = _parse_value(name, value, parameter)
         elif name in _CONNECTION_PARAMETERS:
             connection[name] = _parse_value(name, value, _CONNECTION_PARAMETERS[name])
         else:
-            known = ", ".join(sorted({*_STORE_PARAMETERS, *_CONNECTION_PARAMETERS}))
-            raise InvalidArgumentError(
-                f"unknown parameter {_parameter(name)} in a Redis URL; expected one of {known}"
-            )
+            known = sorted({*_STORE_PARAMETERS, *_CONNECTION_PARAMETERS})
+            raise InvalidArgumentError(_unknown_parameter("Redis", index, name, known))
     kind = _SCHEMES[scheme]
     host: str | None = None
     port: int | None = None
