@@ -20,10 +20,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from memkv.cli import main as run
     except ImportError as error:
-        if (error.name or "").partition(".")[0] not in ("click", "rich"):
+        missing = (error.name or "").partition(".")[0]
+        if missing not in ("click", "rich"):
             raise
         print(
-            f"memkv: the command line needs the cli extra ({error.name} is missing): "
+            f"memkv: the command line needs the cli extra ({missing} is missing): "
             f"{INSTALL_HINT}",
             file=sys.stderr,
         )
