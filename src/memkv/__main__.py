@@ -24,8 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing not in ("click", "rich"):
             raise
         print(
-            f"memkv: the command line needs the cli extra ({missing} is missing): "
-            f"{INSTALL_HINT}",
+            f"memkv: the command line needs the cli extra ({missing} is missing): {INSTALL_HINT}",
             file=sys.stderr,
         )
         return 1
