@@ -44,11 +44,13 @@ secrets = st.lists(
 
 
 def leaked(secret: str, text: str) -> str | None:
-    """The first window of ``secret`` (raw or percent-encoded) found in ``text``."""
+    """The first window of ``secret`` (raw or percent-encoded) found in ``text``, in any
+    case (a host name is shown lower-cased)."""
+    folded = text.casefold()
     for form in (secret, quote(secret, safe="")):
         for start in range(len(form) - WINDOW + 1):
             window = form[start : start + WINDOW]
-            if window in text:
+            if window.casefold() in folded:
                 return window
     return None
 

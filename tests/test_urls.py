@@ -189,3 +189,16 @@ def test_masking_covers_raw_decoded_and_split_passwords() -> None:
     spilled = "redis://:12/SECRETPART@host:6379/0"
     assert "SECRETPART" not in mask_credentials("path /SECRETPART@host:6379/0", spilled)
     assert mask_credentials("nothing to hide", None, "memory://") == "nothing to hide"
+
+
+def test_a_redis_url_built_by_hand_is_checked() -> None:
+    fields: dict[str, Any] = {"username": None, "password": None, "options": {}, "connection": {}}
+    with pytest.raises(InvalidArgumentError, match="scheme"):
+        RedisURL(scheme="http", host="h", port=1, socket_path=None, **fields)
+    with pytest.raises(InvalidArgumentError, match="socket_path"):
+        RedisURL(scheme="unix", host="h", port=1, socket_path=None, **fields)
+    with pytest.raises(InvalidArgumentError, match="socket_path"):
+        RedisURL(scheme="redis", host=None, port=None, socket_path=None, **fields)
+    url = RedisURL(scheme="redis", host="h", port=1, socket_path=None, **fields)
+    assert url.client_url == "redis://h:1"
+    assert open_store(parse_url("memory://?max_entries=3")).max_entries == 3  # type: ignore[attr-defined]

@@ -128,6 +128,7 @@ def cli() -> None:
       rediss://...   unix:///path/to/redis.sock?...   redis+cluster://HOST:PORT?...
     Redis URLs take socket_timeout, connect_timeout and retries too, e.g.
     ?connect_timeout=0.5&retries=0 to give up quickly on an unreachable server.
+    Percent-encode / ? # @ [ ] in a password (%2F %3F %23 %40 %5B %5D).
 
     Errors (bad URL, unreachable server, missing extra) print one line and exit 1;
     bad options exit 2.

@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
 from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
@@ -61,6 +61,7 @@ _ENCODE_HINT = (
     "percent-encode '/', '?', '#', '@', '[' and ']' in a user name or password "
     "(%2F %3F %23 %40 %5B %5D)"
 )
+_REDIS_EXPECTED = ", ".join(f"{scheme}://" for scheme in _SCHEMES)
 _DEFAULT_PORT = 6379
 
 
@@ -87,10 +88,20 @@ class RedisURL:
     host: str | None
     port: int | None
     socket_path: str | None
-    username: str | None = field(repr=False)
-    password: str | None = field(repr=False)
+    username: str | None
+    password: str | None
     options: Mapping[str, Any]
     connection: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        if self.scheme not in _SCHEMES:
+            raise InvalidArgumentError(f"unknown Redis URL scheme; expected {_REDIS_EXPECTED}")
+        if (self.socket_path is None) != (self.scheme != "unix") or (
+            self.socket_path is None and (self.host is None or self.port is None)
+        ):
+            raise InvalidArgumentError(
+                "a RedisURL has a socket_path for unix://, else a host and a port"
+            )
 
     @property
     def cluster(self) -> bool:
@@ -145,8 +156,8 @@ class RedisURL:
 StoreURL = MemoryURL | RedisURL
 
 
-def open_store(url: str) -> MemoryStore[Any]:
-    """Open the store a URL describes.
+def open_store(url: str | StoreURL) -> MemoryStore[Any]:
+    """Open the store a URL (or the ``parse_url`` description of one) describes.
 
     - ``memory://?max_entries=N`` — a ``LocalMemoryStore``;
     - ``redis://[user:password@]host:port/db?namespace=NAME&codec=json``, ``rediss://…``
@@ -157,7 +168,7 @@ def open_store(url: str) -> MemoryStore[Any]:
     ``InvalidArgumentError`` (a ``ValueError``) naming the part at fault (see
     ``parse_url``); without the redis extra a Redis URL raises ``ImportError`` naming it.
     """
-    parsed = parse_url(url)
+    parsed = url if isinstance(url, (MemoryURL, RedisURL)) else parse_url(url)
     if isinstance(parsed, MemoryURL):
         from memkv.local import LocalMemoryStore
 
