@@ -342,8 +342,9 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         ``max_connections`` (alias ``pool_size``), ``db``, ``client_name``,
         ``health_check_interval`` and, for ``rediss://``, ``ssl_cert_reqs``,
         ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname``.
-        An unknown parameter or a bad value raises ``InvalidArgumentError`` naming it
-        (``memkv.urls.parse_redis_url`` parses the URL; it may be parsed already).
+        An unknown parameter (named by its position) or a bad value raises
+        ``InvalidArgumentError`` (``memkv.urls.parse_redis_url`` parses the URL; it may
+        be parsed already).
         """
         if not isinstance(url, RedisURL):
             url = parse_redis_url(url)
