@@ -76,6 +76,21 @@ def test_unencodable_value_is_a_codec_error_that_does_not_echo_the_value() -> No
         assert "hunter2" not in str(info.value)
 
 
+def test_pickle_failures_quote_neither_the_value_nor_chain_pickles_message() -> None:
+    class Meta(type):
+        def __repr__(cls) -> str:
+            return "hunter2-repr"
+
+    # A class pickle cannot find by name: pickle's message quotes its repr().
+    hidden = Meta("Hidden", (), {})
+    hidden.__qualname__ = "NoSuchName"
+    with pytest.raises(CodecError) as info:
+        encode_value(resolve_codec("pickle"), {"key": hidden})
+    assert str(info.value) == "the pickle codec cannot encode a value of type dict: PicklingError"
+    assert info.value.__cause__ is None
+    assert info.value.__context__ is None
+
+
 def test_a_codec_returning_something_else_than_bytes_is_refused() -> None:
     class Wrong:
         def encode(self, value: Any) -> Any:

@@ -12,7 +12,6 @@ import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from typing import Any
-from urllib.parse import unquote, urlsplit
 from uuid import uuid4
 
 import click
@@ -47,7 +46,7 @@ from memkv.benchmark import (
 from memkv.errors import MemKVError
 from memkv.local import LocalMemoryStore
 from memkv.store import MemoryStore
-from memkv.urls import REDIS_SCHEMES, open_store
+from memkv.urls import RedisURL, mask_credentials, open_store, parse_url
 
 __all__ = ["cli", "main"]
 
@@ -80,40 +79,13 @@ class _PythonCoreStore(LocalMemoryStore[Any]):
 # -- errors --------------------------------------------------------------------------------
 
 
-def _url_secrets(url: str) -> set[str]:
-    """Every string that may be the password of ``url``, raw and percent-decoded.
-
-    Works on malformed URLs too (those are the ones that end up in error messages), so
-    each ``@`` of the authority is tried as the end of the user information.
-    """
-    authority = url.partition("://")[2] if "://" in url else url
-    candidates: set[str] = set()
-    for index, char in enumerate(authority):
-        if char == "@":
-            password = authority[:index].partition(":")[2]
-            candidates.update((password, unquote(password)))
-    try:
-        parsed = urlsplit(url).password
-    except ValueError:
-        parsed = None
-    if parsed:
-        candidates.update((parsed, unquote(parsed)))
-    candidates.discard("")
-    return candidates
-
-
 def _one_line(error: BaseException, urls: Sequence[str | None]) -> str:
     """``error`` as a single line with every password of ``urls`` masked."""
     if isinstance(error, (MemKVError, ImportError)):
         text = str(error)  # written for users: they name the problem (or the extra)
     else:
         text = f"{type(error).__name__}: {error}"
-    text = " ".join(text.split()) or type(error).__name__
-    secrets = set().union(*(_url_secrets(url) for url in urls if url))
-    # Longest first, so that a password containing another candidate is masked whole.
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
+    return mask_credentials(" ".join(text.split()) or type(error).__name__, *urls)
 
 
 @contextmanager
@@ -156,6 +128,7 @@ def cli() -> None:
       rediss://...   unix:///path/to/redis.sock?...   redis+cluster://HOST:PORT?...
     Redis URLs take socket_timeout, connect_timeout and retries too, e.g.
     ?connect_timeout=0.5&retries=0 to give up quickly on an unreachable server.
+    Percent-encode / ? # @ [ ] in a password (%2F %3F %23 %40 %5B %5D).
 
     Errors (bad URL, unreachable server, missing extra) print one line and exit 1;
     bad options exit 2.
@@ -170,14 +143,14 @@ def _check_redis_url(ctx: click.Context, param: click.Parameter, value: str | No
     if value is None:
         return None
     try:
-        scheme = urlsplit(value).scheme.lower()
-    except ValueError:
-        raise click.BadParameter("not a valid URL", ctx, param) from None
-    if scheme not in REDIS_SCHEMES:
-        raise click.BadParameter(
-            "expected a redis://, rediss://, unix:// or redis+cluster:// URL", ctx, param
-        )
-    return value
+        parsed = parse_url(value)
+    except MemKVError as error:
+        message = str(error)
+    else:
+        if isinstance(parsed, RedisURL):
+            return value
+        message = "expected a redis://, rediss://, unix:// or redis+cluster:// URL"
+    raise click.BadParameter(message, ctx, param)
 
 
 def _local_stores(core: str) -> list[tuple[str, MemoryStore[Any]]]:
@@ -196,12 +169,6 @@ def _local_stores(core: str) -> list[tuple[str, MemoryStore[Any]]]:
     if core in ("both", "python"):
         stores.append((LOCAL_PYTHON, _PythonCoreStore()))
     return stores
-
-
-def _open_bench_redis(url: str) -> MemoryStore[Any]:
-    from memkv.redis import RedisMemoryStore  # ImportError names the extra to install
-
-    return RedisMemoryStore.from_url(url)
 
 
 async def _run_bench(
@@ -223,7 +190,7 @@ async def _run_bench(
         for _, store in local:
             await stack.enter_async_context(store)
         if redis_url is not None:
-            redis_store = await stack.enter_async_context(_open_bench_redis(redis_url))
+            redis_store = await stack.enter_async_context(open_store(redis_url))
             redis_description = repr(redis_store)  # names server and namespace, no password
             # Fail now, not after the local runs, when the server cannot be reached.
             await redis_store.exists(run_prefix)

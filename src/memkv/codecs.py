@@ -136,20 +136,32 @@ def codec_name(codec: Codec) -> str:
     return name if isinstance(name, str) else type(codec).__name__
 
 
-_BUILT_IN_CODECS = (MsgpackCodec, JsonCodec, PickleCodec)
+_MSGSPEC_CODECS = (MsgpackCodec, JsonCodec)
 
 
 def encode_value(codec: Codec, value: Any) -> bytes:
-    """``codec.encode(value)`` as ``bytes``, or ``CodecError`` (the value is never echoed)."""
+    """``codec.encode(value)`` as ``bytes``, or ``CodecError`` (the value is never echoed).
+
+    The msgpack and json codecs' own message is added (msgspec names types, not values)
+    and their error chained. pickle's error is neither: pickle quotes ``repr()`` of what
+    it cannot pickle. A codec of your own has its error chained (its text is yours) but
+    not copied into the message.
+    """
+    failure: str | None = None
     try:
         data = codec.encode(value)
     except Exception as err:
-        raise CodecError(
+        failure = (
             f"the {codec_name(codec)} codec cannot encode a value of type "
             f"{type(value).__name__}: {type(err).__name__}"
-            # Only the built-in codecs' messages are known not to quote the value.
-            + (f": {err}" if isinstance(codec, _BUILT_IN_CODECS) else "")
-        ) from err
+        )
+        if isinstance(codec, _MSGSPEC_CODECS):
+            raise CodecError(f"{failure}: {err}") from err
+        if not isinstance(codec, PickleCodec):
+            raise CodecError(failure) from err
+    if failure is not None:
+        # Raised outside the except block: not even __context__ may carry pickle's text.
+        raise CodecError(failure)
     if type(data) is not bytes:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise CodecError(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
 
 from memkv.errors import (
     InvalidArgumentError,
@@ -22,7 +21,6 @@ __all__ = [
     "check_keys",
     "check_metadata",
     "check_prefix",
-    "split_url",
     "ttl_seconds",
 ]
 
@@ -119,20 +117,3 @@ def check_batch_size(batch_size: object) -> int:
     if type(batch_size) is not int or batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
     return batch_size
-
-
-def split_url(url: str) -> SplitResult:
-    """``urlsplit(url)``, with a malformed URL raised as ``InvalidArgumentError``.
-
-    The message never repeats the URL: it may hold a password.
-    """
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - parsed lazily; a bad port raises here
-    except ValueError:
-        # Not urlsplit's message: it quotes the URL (a password, or a piece of one).
-        raise InvalidArgumentError(
-            "malformed store URL: bad host, port or brackets (percent-encode any "
-            "'/', '?', '#' or '@' in the password)"
-        ) from None
-    return parts

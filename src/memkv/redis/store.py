@@ -17,12 +17,12 @@ from redis.asyncio.cluster import RedisCluster
 from memkv._core import MemoryEntry
 from memkv.codecs import Codec, codec_id, codec_name, resolve_codec
 from memkv.errors import CodecError, EventLoopError, InvalidArgumentError, MemKVError
-from memkv.redis._url_options import _parse_url
 from memkv.redis.client import DEFAULT_OPTIONS, AnyRedis, check_options, make_client, server_label
 from memkv.redis.commands import RedisCommands
 from memkv.redis.envelope import decode_entry, encode_entry, ttl_milliseconds
 from memkv.redis.errors import FAILURES, FOREIGN_TYPE_MESSAGE, translate
 from memkv.store import TTL, BaseMemoryStore, StoreStats, operation_counts
+from memkv.urls import RedisURL, parse_redis_url
 from memkv.validation import (
     check_batch_size,
     check_items,
@@ -99,7 +99,8 @@ class RedisMemoryStore(BaseMemoryStore[T]):
     client (with hiredis).
 
     ``url_or_client`` is a URL (``redis://[user:password@]host:port/db``, ``rediss://``
-    for TLS, ``unix:///path/to/redis.sock``, ``redis+cluster://host:port``) or an
+    for TLS, ``unix:///path/to/redis.sock``, ``redis+cluster://host:port``; see
+    ``memkv.urls``), a ``memkv.urls.RedisURL`` parsed from one, or an
     existing ``redis.asyncio.Redis``/``RedisCluster`` made with ``decode_responses=False``
     (the store then neither configures nor closes it). Every key lives at
     ``"{namespace}:{key}"``; ``scan`` and ``clear`` never leave the namespace. ``codec``
@@ -141,7 +142,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
 
     def __init__(
         self,
-        url_or_client: str | AnyRedis,
+        url_or_client: str | RedisURL | AnyRedis,
         *,
         namespace: str | None = None,
         codec: str | Codec | None = None,
@@ -164,8 +165,14 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             )
             if value is not None
         }
-        if isinstance(url_or_client, str):
-            client_url, cluster, server, url_options, client_options = _parse_url(url_or_client)
+        if isinstance(url_or_client, (str, RedisURL)):
+            url = (
+                url_or_client
+                if isinstance(url_or_client, RedisURL)
+                else parse_redis_url(url_or_client)
+            )
+            client_url, cluster, server = url.client_url, url.cluster, url.server
+            url_options, client_options = dict(url.options), dict(url.connection)
             if namespace is None:
                 namespace = url_options.pop("namespace", None)
             if codec is None:
@@ -201,7 +208,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         self._server = server
         self._where = f"Redis {'Cluster ' if cluster else ''}at {server}"
         # The client comes last: nothing above may fail after a pool exists.
-        if isinstance(url_or_client, str):
+        if isinstance(url_or_client, (str, RedisURL)):
             make = functools.partial(make_client, client_url, cluster, options, client_options)
             self._redis = RedisCommands(make(), make)
         else:
@@ -213,7 +220,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         self._ops: Counter[tuple[str, str]] = Counter()
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> RedisMemoryStore[Any]:
+    def from_url(cls, url: str | RedisURL, **options: Any) -> RedisMemoryStore[Any]:
         """A store for ``url``; keyword ``options`` override the URL's query parameters.
 
         Query parameters: ``namespace``, ``codec``, ``socket_timeout``,
@@ -221,10 +228,12 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         ``max_connections`` (alias ``pool_size``), ``db``, ``client_name``,
         ``health_check_interval`` and, for ``rediss://``, ``ssl_cert_reqs``,
         ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname``.
-        An unknown parameter or a bad value raises ``InvalidArgumentError`` naming it.
+        An unknown parameter (named by its position) or a bad value raises
+        ``InvalidArgumentError`` (``memkv.urls.parse_redis_url`` parses the URL; it may
+        be parsed already).
         """
-        if not isinstance(url, str):
-            raise InvalidArgumentError(f"a Redis URL must be a str, not {type(url).__name__}")
+        if not isinstance(url, RedisURL):
+            url = parse_redis_url(url)
         return cls(url, **options)
 
     @property
