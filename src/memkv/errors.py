@@ -9,6 +9,7 @@ __all__ = [
     "CodecError",
     "EventLoopError",
     "InvalidArgumentError",
+    "InvalidArgumentTypeError",
     "InvalidKeyError",
     "InvalidMetadataError",
     "InvalidTTLError",
@@ -25,6 +26,10 @@ class MemKVError(Exception):
 
 class InvalidArgumentError(MemKVError, ValueError):
     """An option or argument with a value memkv cannot use (``batch_size=0``, a bad URL)."""
+
+
+class InvalidArgumentTypeError(MemKVError, TypeError):
+    """An option or argument of a type memkv cannot use (``max_entries="5"``, ``clock=5``)."""
 
 
 class StoreNotFoundError(MemKVError, ValueError):

@@ -7,7 +7,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from memkv._core import OPERATION_COUNTERS, LocalCore, MemoryEntry
 from memkv.store import TTL, BaseMemoryStore, StoreStats, operation_counts
@@ -36,6 +36,9 @@ class LocalMemoryStore(BaseMemoryStore[T]):
     >>> [key async for key in store.scan("user:")]      # doctest: +SKIP
     ['user:1']
     """
+
+    #: Its operations never wait: sync adapters run them in the caller, without a loop.
+    runs_inline: ClassVar[bool] = True
 
     #: The synchronous engine; the tests swap in the other core's twin through it.
     _core_type: Callable[..., LocalCore] = LocalCore

@@ -6,7 +6,7 @@ import abc
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from datetime import timedelta
 from types import MappingProxyType, TracebackType
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 from memkv._core import MemoryEntry
 from memkv.latency import LatencyHistogram, LatencySnapshot, timed_call, timed_scan
@@ -125,6 +125,13 @@ class MemoryStore(abc.ABC, Generic[T]):
     coroutine except ``scan`` (which returns an async iterator) and ``stats``.
     Stores are async context managers that ``close()`` on exit.
     """
+
+    #: Whether the store's coroutines may run without an event loop: they keep no
+    #: loop-bound state and never wait on a future (at most a bare ``asyncio.sleep(0)``),
+    #: so a sync adapter can drive them to the end in the calling thread instead of on
+    #: a loop of its own. ``LocalMemoryStore`` declares ``True``; a subclass whose
+    #: operations wait (I/O, locks, sleeps) must declare ``False`` again.
+    runs_inline: ClassVar[bool] = False
 
     @abc.abstractmethod
     async def get(self, key: str) -> MemoryEntry[T] | None:
