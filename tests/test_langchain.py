@@ -43,7 +43,7 @@ from memkv.errors import (
 from memkv.integrations.langchain import MemkvByteStore, MemkvStore
 from memkv.store import TTL
 from memkv.validation import check_key, check_prefix, ttl_seconds
-from tests.conftest import FakeClock, local_store_type
+from tests.helpers import FakeClock, local_store_type
 from tests.redis_servers import RedisServer, unique_namespace
 
 KINDS = ["local-python", "local-cython", "redis", "redis-cluster"]
