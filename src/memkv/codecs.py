@@ -50,48 +50,101 @@ class Codec(Protocol):
 
 
 class MsgpackCodec:
-    """MessagePack through msgspec: compact and fast (the default)."""
+    """MessagePack through msgspec: compact and fast (the default).
+
+    ``encode`` and ``decode`` raise ``CodecError`` for what they cannot handle.
+    """
 
     name = "msgpack"
 
     def __init__(self) -> None:
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder()
-        self.encode = self._encoder.encode
-        self.decode = self._decoder.decode
+
+    def encode(self, value: Any) -> bytes:
+        try:
+            return self._encoder.encode(value)
+        except Exception as err:
+            raise _encode_error(self.name, value, err) from err
+
+    def decode(self, data: bytes) -> Any:
+        try:
+            return self._decoder.decode(data)
+        except Exception as err:
+            raise _decode_error(self.name, data, err) from err
 
     def __repr__(self) -> str:
         return "MsgpackCodec()"
 
 
 class JsonCodec:
-    """JSON through msgspec: readable with any tool (``bytes`` come back as base64 str)."""
+    """JSON through msgspec: readable with any tool (``bytes`` come back as base64 str).
+
+    ``encode`` and ``decode`` raise ``CodecError`` for what they cannot handle.
+    """
 
     name = "json"
 
     def __init__(self) -> None:
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder()
-        self.encode = self._encoder.encode
-        self.decode = self._decoder.decode
+
+    def encode(self, value: Any) -> bytes:
+        try:
+            return self._encoder.encode(value)
+        except Exception as err:
+            raise _encode_error(self.name, value, err) from err
+
+    def decode(self, data: bytes) -> Any:
+        try:
+            return self._decoder.decode(data)
+        except Exception as err:
+            raise _decode_error(self.name, data, err) from err
 
     def __repr__(self) -> str:
         return "JsonCodec()"
 
 
 class PickleCodec:
-    """pickle at the highest protocol. Unsafe on a shared server: decoding runs code."""
+    """pickle at the highest protocol. Unsafe on a shared server: decoding runs code.
+
+    ``encode`` and ``decode`` raise ``CodecError`` for what they cannot handle.
+    """
 
     name = "pickle"
 
     def encode(self, value: Any) -> bytes:
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as err:
+            raise _encode_error(self.name, value, err) from err
 
     def decode(self, data: bytes) -> Any:
-        return pickle.loads(data)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            # pickle.loads would also take a str, or an object with the buffer protocol.
+            raise _decode_error(self.name, data, TypeError("not bytes"))
+        try:
+            return pickle.loads(data)
+        except Exception as err:
+            raise _decode_error(self.name, data, err) from err
 
     def __repr__(self) -> str:
         return "PickleCodec()"
+
+
+def _encode_error(name: str, value: object, err: Exception) -> CodecError:
+    # msgspec's and pickle's messages name types, never the value itself.
+    return CodecError(
+        f"the {name} codec cannot encode a value of type {type(value).__name__}: "
+        f"{type(err).__name__}: {err}"
+    )
+
+
+def _decode_error(name: str, data: object, err: Exception) -> CodecError:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        return CodecError(f"the {name} codec decodes bytes, not {type(data).__name__}")
+    # The error's own message may quote the data (pickle does): only its type is shown.
+    return CodecError(f"the {name} codec cannot decode these bytes: {type(err).__name__}")
 
 
 _BY_NAME: dict[str, type[MsgpackCodec | JsonCodec | PickleCodec]] = {
@@ -141,14 +194,15 @@ _BUILT_IN_CODECS = (MsgpackCodec, JsonCodec, PickleCodec)
 
 def encode_value(codec: Codec, value: Any) -> bytes:
     """``codec.encode(value)`` as ``bytes``, or ``CodecError`` (the value is never echoed)."""
+    if isinstance(codec, _BUILT_IN_CODECS):
+        return codec.encode(value)  # raises CodecError itself, never echoing the value
     try:
         data = codec.encode(value)
     except Exception as err:
+        # Not the error's message: a codec of your own may quote the value in it.
         raise CodecError(
             f"the {codec_name(codec)} codec cannot encode a value of type "
             f"{type(value).__name__}: {type(err).__name__}"
-            # Only the built-in codecs' messages are known not to quote the value.
-            + (f": {err}" if isinstance(codec, _BUILT_IN_CODECS) else "")
         ) from err
     if type(data) is not bytes:
         if not isinstance(data, (bytes, bytearray, memoryview)):

@@ -3,6 +3,7 @@ batches, store options and store names."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -153,12 +154,25 @@ def check_max_entries(max_entries: object) -> int | None:
 
 
 def check_clock(clock: object) -> Callable[[], float] | None:
-    """Return an injected clock (``None``: the store's own), or raise
-    ``InvalidArgumentTypeError`` when it is not callable."""
-    if clock is not None and not callable(clock):
+    """Return an injected clock (``None``: the store's own), after reading it once.
+
+    A clock that is not callable, or whose reading is not an ``int`` or ``float``,
+    raises ``InvalidArgumentTypeError``; a reading that is not finite raises
+    ``InvalidArgumentError``. (An exception the clock raises itself propagates.)
+    """
+    if clock is None:
+        return None
+    if not callable(clock):
         raise InvalidArgumentTypeError(
             f"clock must be a zero-argument callable returning seconds, not {type(clock).__name__}"
         )
+    now = clock()
+    if isinstance(now, bool) or not isinstance(now, (int, float)):
+        raise InvalidArgumentTypeError(
+            f"clock must return int or float seconds, not {type(now).__name__}"
+        )
+    if not math.isfinite(now):
+        raise InvalidArgumentError(f"clock must return finite seconds, got {now!r}")
     return clock
 
 
