@@ -43,6 +43,7 @@ from memkv.errors import (
 )
 from memkv.store import TTL, BaseMemoryStore, StoreStats, operation_counts
 from memkv.validation import (
+    MAX_COUNT,
     check_batch_size,
     check_items,
     check_key,
@@ -922,8 +923,10 @@ def _check_options(options: dict[str, Any]) -> None:
     if type(retries) is not int or retries < 0:
         raise InvalidArgumentError(f"retries must be an int >= 0, got {retries!r}")
     pool = options["max_connections"]
-    if pool is not None and (type(pool) is not int or pool < 1):
-        raise InvalidArgumentError(f"max_connections must be an int >= 1, got {pool!r}")
+    if pool is not None and (type(pool) is not int or not 1 <= pool <= MAX_COUNT):
+        raise InvalidArgumentError(
+            f"max_connections must be an int from 1 to {MAX_COUNT}, got {pool!r}"
+        )
 
 
 def _make_client(

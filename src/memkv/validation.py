@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from memkv.store import MemoryStore
 
 __all__ = [
+    "MAX_COUNT",
     "MAX_TTL_SECONDS",
     "check_batch_size",
     "check_clock",
@@ -36,6 +37,10 @@ __all__ = [
     "split_url",
     "ttl_seconds",
 ]
+
+#: The largest batch or pool size passed on: a larger one means the same (everything at
+#: once, or no limit) and would overflow the C integers of the server or the client.
+MAX_COUNT = 2**31 - 1
 
 #: The longest TTL accepted: 100 years (``None`` means no expiry at all).
 MAX_TTL_SECONDS = 100 * 365.25 * 86400
@@ -130,10 +135,11 @@ def check_keys(keys: Iterable[object]) -> list[str]:
 
 
 def check_batch_size(batch_size: object) -> int:
-    """Return ``batch_size`` if it is an int of at least 1, else raise."""
+    """Return ``batch_size`` (at most ``MAX_COUNT``) if it is an int of at least 1, else
+    raise ``InvalidArgumentError``."""
     if type(batch_size) is not int or batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    return batch_size
+    return min(batch_size, MAX_COUNT)
 
 
 def check_max_entries(max_entries: object) -> int | None:
