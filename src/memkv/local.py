@@ -31,9 +31,12 @@ class LocalMemoryStore(BaseMemoryStore[T]):
     operation is O(1) or O(log n); ``scan(prefix)`` costs O(log n + matches) and
     yields keys in code-point order.
 
-    >>> store = LocalMemoryStore[str](max_entries=10_000)
-    >>> await store.set("user:1", "Ada", ttl=60)        # doctest: +SKIP
-    >>> [key async for key in store.scan("user:")]      # doctest: +SKIP
+    >>> import asyncio
+    >>> async def main() -> list[str]:
+    ...     store = LocalMemoryStore[str](max_entries=10_000)
+    ...     await store.set("user:1", "Ada", ttl=60)
+    ...     return [key async for key in store.scan("user:")]
+    >>> asyncio.run(main())
     ['user:1']
     """
 

@@ -25,8 +25,13 @@ class MemoryManager(Generic[T]):
     ``StoreNotFoundError`` (a ``ValueError``). ``async with manager:`` closes every
     store on exit.
 
-    >>> manager = MemoryManager.from_urls({"local": "memory://"}, default="local")
-    >>> await manager.set("greeting", "hello")            # doctest: +SKIP
+    >>> import asyncio
+    >>> async def main() -> str:
+    ...     async with MemoryManager.from_urls({"local": "memory://"}, default="local") as manager:
+    ...         await manager.set("greeting", "hello")
+    ...         return (await manager.get("greeting", store="local")).value
+    >>> asyncio.run(main())
+    'hello'
     """
 
     def __init__(self) -> None:

@@ -92,6 +92,7 @@ class MemkvStore(BaseStore[str, V]):
     dropped without closing closes its store and stops its worker when
     garbage-collected.
 
+    >>> import asyncio
     >>> from datetime import timedelta
     >>> from memkv import RedisMemoryStore
     >>> docstore = MemkvStore(
@@ -99,9 +100,13 @@ class MemkvStore(BaseStore[str, V]):
     ...     ttl=timedelta(days=1),
     ...     metadata={"source": "langchain"},
     ... )
-    >>> async with docstore:                                      # doctest: +SKIP
-    ...     await docstore.amset([("doc:1", {"text": "hello"})])
-    ...     [key async for key in docstore.ayield_keys(prefix="doc:")]
+    >>> async def main() -> list[str]:
+    ...     async with docstore:
+    ...         await docstore.amset([("doc:1", {"text": "hello"})])
+    ...         keys = [key async for key in docstore.ayield_keys(prefix="doc:")]
+    ...         await docstore.amdelete(keys)
+    ...         return keys
+    >>> asyncio.run(main())
     ['doc:1']
     """
 

@@ -1,8 +1,10 @@
 """OpenTelemetry observable instruments that read memkv store counters at collection.
 
 >>> from opentelemetry import metrics
+>>> from memkv import MemoryManager
 >>> from memkv.metrics.otel import instrument
->>> instrument(metrics.get_meter("memkv"), manager)  # doctest: +SKIP
+>>> manager = MemoryManager.from_urls({"local": "memory://"}, default="local")
+>>> instrument(metrics.get_meter("memkv"), manager)
 
 Registers, each with a ``store`` attribute (the store's name):
 

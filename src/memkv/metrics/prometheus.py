@@ -1,8 +1,15 @@
 """A Prometheus collector that reads memkv store counters at scrape time.
 
->>> from prometheus_client import REGISTRY
+>>> from prometheus_client import CollectorRegistry, generate_latest
+>>> from memkv import MemoryManager
 >>> from memkv.metrics.prometheus import StoreCollector
->>> REGISTRY.register(StoreCollector(manager))  # doctest: +SKIP
+>>> manager = MemoryManager.from_urls({"local": "memory://"}, default="local")
+>>> registry = CollectorRegistry()  # or prometheus_client.REGISTRY, the default one
+>>> registry.register(StoreCollector(manager))
+>>> b'memkv_operations_total{operation="get",result="hit",store="local"} 0.0' in (
+...     generate_latest(registry)
+... )
+True
 
 Exports, each labelled with the store's name (``store``):
 
