@@ -79,6 +79,8 @@ class EventLoopError(MemKVError, RuntimeError):
     A ``RedisMemoryStore``'s connections belong to the event loop that opened them.
     Once that loop has stopped (a second ``asyncio.run``), the store moves to the next
     one by itself; while it still runs (in another thread), open one store per loop.
+    Also raised when a store that declares ``runs_inline = True`` needs an event loop
+    after all (a sync adapter ran it without one).
     """
 
 
