@@ -17,7 +17,7 @@ import math
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from click.testing import CliRunner
@@ -112,7 +112,7 @@ STORE_METHODS: dict[str, dict[str, Arg]] = {
 }
 
 
-def store_table(harness: StoreHarness, url: str | None) -> dict[str, dict[str, Arg]]:
+def store_table(url: str | None) -> dict[str, dict[str, Arg]]:
     """Every store's methods, plus its constructor and, on Redis, ``from_url``."""
     if url is None:
         constructor = {"max_entries": given(None), "clock": given(None)}
@@ -218,10 +218,22 @@ MODULE_FUNCTIONS: dict[ModuleType, dict[str, dict[str, Arg] | str]] = {
 
 @dataclass
 class Call:
+    """One call of the callable ``name`` (``"__init__"``: the class) with one bad value."""
+
     label: str
-    function: Callable[..., Any]
+    name: str
     args: list[object]
     kwargs: dict[str, object]
+
+    def function(self, owner: object) -> Callable[..., Any]:
+        return callable_named(owner, self.name)
+
+
+def callable_named(owner: object, name: str) -> Callable[..., Any]:
+    """``owner``'s callable ``name``; ``"__init__"`` means its class (or ``owner``, a class)."""
+    if name == "__init__":
+        return owner if isinstance(owner, type) else type(owner)
+    return cast(Callable[..., Any], getattr(owner, name))
 
 
 def public_methods(cls: type) -> list[str]:
@@ -241,17 +253,15 @@ def bad_calls(
 ) -> Iterator[Call]:
     """One call per bad value per parameter of each callable ``names`` of ``owner``.
 
-    ``"__init__"`` stands for calling ``owner``'s class (or ``owner``, a class).
+    ``"__init__"`` stands for calling ``owner``'s class (or ``owner``, a class). The
+    calls may then be made on another object of the same kind (a fresh one each).
     """
     for name in names:
         assert name in table, f"no argument table for {name!r}: add one to this test"
         params = table[name]
         if isinstance(params, str):  # walked elsewhere (the reason says where)
             continue
-        if name == "__init__":
-            function = owner if isinstance(owner, type) else type(owner)
-        else:
-            function = getattr(owner, name)
+        function = callable_named(owner, name)
         try:
             signature = inspect.signature(function)
         except ValueError:
@@ -276,7 +286,7 @@ def bad_calls(
                         args.append(value)
                     else:
                         kwargs[parameter.name] = value
-                yield Call(f"{name}({bad_name}={value_id})", function, args, kwargs)
+                yield Call(f"{name}({bad_name}={value_id})", name, args, kwargs)
 
 
 async def settle(result: Any) -> Any:
@@ -300,10 +310,10 @@ async def dispose(result: object, keep: object) -> None:
         await result.aclose()
 
 
-async def call_badly(call: Call, keep: object) -> None:
-    """Make ``call``; if it raises, the error must be a typed memkv error."""
+async def call_badly(call: Call, owner: object, keep: object) -> None:
+    """Make ``call`` on ``owner``; if it raises, the error must be a typed memkv error."""
     try:
-        result = await settle(call.function(*call.args, **call.kwargs))
+        result = await settle(call.function(owner)(*call.args, **call.kwargs))
     except Exception as err:
         error: Exception = err
     else:
@@ -333,12 +343,12 @@ async def test_bad_input_to_a_store(harness: StoreHarness, request: pytest.Fixtu
         url = request.getfixturevalue("redis_url")
     elif harness.kind == "redis-cluster":
         url = request.getfixturevalue("cluster_url")
-    table = store_table(harness, url)
+    table = store_table(url)
     await store.set_many(SEEDS)
     calls = list(bad_calls(store, table, ["__init__", *public_methods(type(store))]))
     assert len(calls) > 300
     for call in calls:
-        await call_badly(call, keep=store)
+        await call_badly(call, store, keep=store)
         await assert_seeds_kept(store, call.label)
 
 
@@ -350,8 +360,7 @@ async def test_bad_input_to_a_manager() -> None:
         await seeded.set_many(SEEDS)
         manager: MemoryManager[Any] = MemoryManager()
         manager.register_store("main", seeded, default=True)
-        call.function = getattr(manager, call.function.__name__, call.function)
-        await call_badly(call, keep=seeded)
+        await call_badly(call, manager, keep=seeded)
         await assert_seeds_kept(seeded, call.label)
 
 
@@ -362,9 +371,7 @@ async def test_bad_input_to_a_langchain_adapter(adapter_type: type[MemkvStore[An
         seeded: LocalMemoryStore[Any] = LocalMemoryStore()
         await seeded.set_many(SEEDS)
         adapter = adapter_type(seeded)
-        if call.function is not adapter_type:
-            call.function = getattr(adapter, call.function.__name__)
-        await call_badly(call, keep=adapter)
+        await call_badly(call, adapter, keep=adapter)
         await assert_seeds_kept(seeded, call.label)
 
 
@@ -372,7 +379,7 @@ async def test_bad_input_to_a_langchain_adapter(adapter_type: type[MemkvStore[An
 async def test_bad_input_to_a_codec(codec_type: type[Any]) -> None:
     codec = codec_type()
     for call in bad_calls(codec, CODEC_METHODS, ["__init__", *public_methods(codec_type)]):
-        await call_badly(call, keep=None)
+        await call_badly(call, codec, keep=None)
 
 
 @pytest.mark.parametrize("module", list(MODULE_FUNCTIONS), ids=lambda module: module.__name__)
@@ -381,7 +388,7 @@ async def test_bad_input_to_a_module_function(module: ModuleType) -> None:
     calls = list(bad_calls(module, MODULE_FUNCTIONS[module], names))
     assert calls
     for call in calls:
-        await call_badly(call, keep=None)
+        await call_badly(call, module, keep=None)
 
 
 # -- the command line ---------------------------------------------------------------------
