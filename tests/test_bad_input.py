@@ -21,12 +21,14 @@ from typing import Any, cast
 
 import pytest
 from click.testing import CliRunner
+from opentelemetry.metrics import get_meter
 
 import memkv
-from memkv import LocalMemoryStore, MemoryManager, MemoryStore, _core_py, codecs, urls
+from memkv import LocalMemoryStore, MemoryManager, MemoryStore, _core_py, codecs, metrics, urls
 from memkv.cli import cli
 from memkv.errors import MemKVError
 from memkv.integrations.langchain import MemkvByteStore, MemkvStore
+from memkv.metrics import otel, prometheus
 from tests.helpers import StoreHarness
 
 BAD_VALUES: dict[str, object] = {
@@ -200,6 +202,19 @@ MODULE_FUNCTIONS: dict[ModuleType, dict[str, dict[str, Arg] | str]] = {
         "open_store": {"url": given("memory://")},
     },
     urls: {"open_store": {"url": given("memory://")}},
+    metrics: {
+        "StoreSample": "a NamedTuple the exporters fill in",
+        "StoreSource": "a type alias",
+        "snapshot": {"source": Arg(dict)},
+    },
+    prometheus: {"StoreCollector": {"source": Arg(dict), "namespace": given("memkv")}},
+    otel: {
+        "instrument": {
+            "meter": Arg(lambda: get_meter("test_bad_input")),
+            "source": Arg(dict),
+            "prefix": given("memkv"),
+        }
+    },
     codecs: {
         "Codec": "a Protocol: never instantiated",
         "MsgpackCodec": "walked by test_bad_input_to_a_codec",
