@@ -1,5 +1,8 @@
 """Fixtures shared by every test: the fake clock and one harness per kind of store.
 
+The helpers they use (``FakeClock``, ``StoreHarness``, ``core_module``, ...) are in
+``tests/helpers.py``.
+
 ``harness`` is parametrised over every store kind, so a conformance test written once
 runs on the pure-Python local core, the Cython local core, one Redis/Valkey server and
 a Redis Cluster. ``local_harness`` runs only the two local cores.
@@ -7,98 +10,33 @@ a Redis Cluster. ``local_harness`` runs only the two local cores.
 
 from __future__ import annotations
 
-import importlib
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 
-from memkv import LocalMemoryStore, MemoryStore, _core_py
+from tests.helpers import (
+    LOCAL_KINDS,
+    REDIS_KINDS,
+    FakeClock,
+    StoreHarness,
+    core_module,
+    make_local_harness,
+)
 
 pytest_plugins = ["tests.redis_servers"]
-
-NO_EXTENSIONS = bool(os.environ.get("MEMKV_NO_EXTENSIONS"))
-
-
-class FakeClock:
-    """A monotonic clock that only moves when told to."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def tick(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def core_module(name: str) -> Any:
-    """The core module for ``"python"`` or ``"cython"``; skips cython without extensions."""
-    if name == "python":
-        return _core_py
-    if NO_EXTENSIONS:
-        pytest.skip("MEMKV_NO_EXTENSIONS=1: the Cython core is not built")
-    return importlib.import_module("memkv._core_c")
-
-
-def local_store_type(core: str) -> type[LocalMemoryStore[Any]]:
-    """A ``LocalMemoryStore`` subclass running on the named core."""
-    module = core_module(core)
-    return type(f"LocalMemoryStore_{core}", (LocalMemoryStore,), {"_core_type": module.LocalCore})
-
-
-@dataclass
-class StoreHarness:
-    """One store under test, how to make siblings of it, and how to let time pass."""
-
-    kind: str
-    store: MemoryStore[Any]
-    make: Callable[..., Awaitable[MemoryStore[Any]]]
-    advance: Callable[[float], Awaitable[None]]
-    entry_type: type[Any]
-    #: Whether time is simulated (local) or real (Redis: the server expires keys).
-    fake_time: bool = True
-    opened: list[MemoryStore[Any]] = field(default_factory=list)
-
-
-LOCAL_KINDS = ["local-python", "local-cython"]
-REDIS_KINDS = ["redis", "redis-cluster"]
-
-
-async def _local_harness(kind: str) -> StoreHarness:
-    core = kind.removeprefix("local-")
-    store_type = local_store_type(core)
-    clock = FakeClock()
-
-    async def make(**options: Any) -> MemoryStore[Any]:
-        return store_type(clock=clock, **options)
-
-    async def advance(seconds: float) -> None:
-        clock.tick(seconds)
-
-    return StoreHarness(
-        kind=kind,
-        store=await make(),
-        make=make,
-        advance=advance,
-        entry_type=core_module(core).MemoryEntry,
-    )
 
 
 @pytest.fixture(params=LOCAL_KINDS)
 async def local_harness(request: pytest.FixtureRequest) -> AsyncIterator[StoreHarness]:
-    harness = await _local_harness(request.param)
+    harness = await make_local_harness(request.param)
     yield harness
     await harness.store.close()
 
 
-@pytest.fixture(params=LOCAL_KINDS + REDIS_KINDS)
+@pytest.fixture(params=[*LOCAL_KINDS, *REDIS_KINDS])
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[StoreHarness]:
     if request.param in LOCAL_KINDS:
-        made = await _local_harness(request.param)
+        made = await make_local_harness(request.param)
     else:
         factory = request.getfixturevalue(
             "redis_harness_factory" if request.param == "redis" else "cluster_harness_factory"

@@ -28,7 +28,8 @@ from typing import Any
 
 import pytest
 
-REDIS_KINDS = ("redis", "redis-cluster")
+from tests.helpers import REDIS_KINDS, StoreHarness
+
 CLUSTER_SLOTS = 16384
 CLUSTER_ARGS = (
     *("--cluster-enabled", "yes"),
@@ -333,7 +334,6 @@ def unique_namespace() -> str:
 async def _redis_harness(kind: str, url: str, namespaces: list[str]) -> Any:
     from memkv import MemoryEntry
     from memkv.redis import RedisMemoryStore
-    from tests.conftest import StoreHarness
 
     opened: list[Any] = []
 

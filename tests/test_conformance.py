@@ -20,7 +20,7 @@ from memkv.errors import (
     MemKVError,
 )
 from memkv.store import OPERATIONS
-from tests.conftest import StoreHarness
+from tests.helpers import StoreHarness
 
 TTL = 0.3  # seconds; long enough for a Redis round trip, short enough to sleep through
 PAST_TTL = 0.5

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import FakeClock, core_module
+from tests.helpers import FakeClock, core_module
 
 # Mixed str kinds (latin-1, UCS-2, UCS-4) and shared prefixes stress the code-point order.
 ALPHABET = ["a", "b", "c", ":", "é", "ÿ", "€", "😀"]

@@ -18,7 +18,7 @@ import pytest
 
 from memkv import _core_py
 from memkv.errors import ReentrantCallError
-from tests.conftest import FakeClock, core_module
+from tests.helpers import FakeClock, core_module
 
 THREADS = 8
 OPERATIONS = 3000

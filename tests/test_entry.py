@@ -9,7 +9,7 @@ import pytest
 
 import memkv
 from memkv.errors import InvalidKeyError, InvalidMetadataError, InvalidTTLError
-from tests.conftest import core_module
+from tests.helpers import core_module
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 
 import memkv
 from memkv import _core
-from tests.conftest import NO_EXTENSIONS, core_module
+from tests.helpers import NO_EXTENSIONS, core_module
 
 
 @pytest.mark.skipif(NO_EXTENSIONS, reason="MEMKV_NO_EXTENSIONS=1 chooses the Python core")

@@ -31,6 +31,7 @@ from memkv import BaseMemoryStore, LocalMemoryStore, MemoryEntry, MemoryStore, R
 from memkv.errors import (
     BackendUnavailableError,
     CodecError,
+    EventLoopError,
     InvalidArgumentError,
     InvalidKeyError,
     InvalidMetadataError,
@@ -42,7 +43,7 @@ from memkv.errors import (
 from memkv.integrations.langchain import MemkvByteStore, MemkvStore
 from memkv.store import TTL
 from memkv.validation import check_key, check_prefix, ttl_seconds
-from tests.conftest import FakeClock, local_store_type
+from tests.helpers import FakeClock, local_store_type
 from tests.redis_servers import RedisServer, unique_namespace
 
 KINDS = ["local-python", "local-cython", "redis", "redis-cluster"]
@@ -187,7 +188,13 @@ class TestMemkvByteStoreAsync(BaseStoreAsyncTests[bytes]):
 
 
 class CountingLocalStore(LocalMemoryStore[Any]):
-    """A local store that counts the keys its scans produce and the scans closed."""
+    """A local store that counts the keys its scans produce and the scans closed.
+
+    Its scan is a generator of its own, so it declares no inline run: the adapter runs
+    it on a worker, as any store that does not declare ``runs_inline``.
+    """
+
+    runs_inline = False
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -552,10 +559,14 @@ async def test_a_local_store_needs_no_worker_thread_sync_or_async(core: str) -> 
         assert worker_threads() == []
 
 
-def test_a_local_store_subclass_with_its_own_operations_runs_on_the_worker(core: str) -> None:
+def test_a_local_store_subclass_declaring_runs_inline_false_runs_on_the_worker(
+    core: str,
+) -> None:
     threads: list[str] = []
 
     class Remote(local_store_type(core)):  # type: ignore[misc]
+        runs_inline = False
+
         async def get_many(self, keys: Any) -> Any:
             threads.append(threading.current_thread().name)
             await asyncio.sleep(0.001)  # waits on a future: needs a real event loop
@@ -567,6 +578,16 @@ def test_a_local_store_subclass_with_its_own_operations_runs_on_the_worker(core:
         (worker,) = worker_threads()
         assert asyncio.run(adapter.amget(["a"])) == [1]  # async calls go there too
         assert threads == [worker.name, worker.name]
+
+
+def test_a_store_declaring_runs_inline_that_waits_raises_event_loop_error(core: str) -> None:
+    class Misdeclared(local_store_type(core)):  # type: ignore[misc]
+        async def get_many(self, keys: Any) -> Any:
+            await asyncio.sleep(0.001)  # needs an event loop, despite runs_inline
+            return await super().get_many(keys)
+
+    with MemkvStore(Misdeclared()) as adapter, pytest.raises(EventLoopError, match="runs_inline"):
+        adapter.mget(["a"])
 
 
 async def test_closing_ends_a_running_async_key_scan_on_a_local_store() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from memkv import LocalMemoryStore
 from memkv.errors import InvalidArgumentError, MemKVError
-from tests.conftest import FakeClock, StoreHarness, core_module, local_store_type
+from tests.helpers import FakeClock, StoreHarness, core_module, local_store_type
 
 
 def check(harness: StoreHarness) -> None:

@@ -38,7 +38,7 @@ from memkv.latency import BUCKETS, LatencyHistogram
 from memkv.metrics.otel import instrument
 from memkv.metrics.prometheus import StoreCollector
 from memkv.store import OPERATIONS, TTL
-from tests.conftest import local_store_type
+from tests.helpers import local_store_type
 
 pytestmark = pytest.mark.redis
 

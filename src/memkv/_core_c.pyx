@@ -45,9 +45,11 @@ from types import GenericAlias
 from memkv.errors import InvalidTTLError, ReentrantCallError
 from memkv.validation import (
     MAX_TTL_SECONDS,
+    check_clock,
     check_items,
     check_key,
     check_keys,
+    check_max_entries,
     check_metadata,
     check_prefix,
     ttl_seconds,
@@ -766,17 +768,10 @@ cdef class LocalCore:
     def __init__(self, max_entries=None, clock=None):
         if self.clock is not None:
             raise RuntimeError("LocalCore.__init__ may run only once")
-        if max_entries is not None:
-            if type(max_entries) is not int:
-                raise TypeError(
-                    f"max_entries must be an int or None, not {type(max_entries).__name__}"
-                )
-            if max_entries < 1:
-                raise ValueError(f"max_entries must be at least 1, got {max_entries}")
+        max_entries = check_max_entries(max_entries)
+        clock = check_clock(clock)
         if clock is None:
             clock = _monotonic
-        elif not callable(clock):
-            raise TypeError("clock must be a zero-argument callable returning seconds")
         self.max_entries_obj = max_entries
         self.lru = max_entries is not None
         if max_entries is not None:

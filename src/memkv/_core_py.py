@@ -23,9 +23,11 @@ from sortedcontainers import SortedList
 
 from memkv.errors import InvalidTTLError, ReentrantCallError
 from memkv.validation import (
+    check_clock,
     check_items,
     check_key,
     check_keys,
+    check_max_entries,
     check_metadata,
     check_prefix,
     ttl_seconds,
@@ -229,17 +231,10 @@ class LocalCore:
     ) -> None:
         if hasattr(self, "_entries"):
             raise RuntimeError("LocalCore.__init__ may run only once")
-        if max_entries is not None:
-            if type(max_entries) is not int:
-                raise TypeError(
-                    f"max_entries must be an int or None, not {type(max_entries).__name__}"
-                )
-            if max_entries < 1:
-                raise ValueError(f"max_entries must be at least 1, got {max_entries}")
+        max_entries = check_max_entries(max_entries)
+        clock = check_clock(clock)
         if clock is None:
             clock = time.monotonic
-        elif not callable(clock):
-            raise TypeError("clock must be a zero-argument callable returning seconds")
         self._max_entries = max_entries
         self._lru = max_entries is not None
         self._entries: dict[str, MemoryEntry[Any]] = OrderedDict() if self._lru else {}

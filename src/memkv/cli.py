@@ -54,6 +54,10 @@ __all__ = ["cli", "main"]
 #: run on a 2-vCPU VM (see README). Batch operations run 1/100 as many.
 DEFAULT_OPS = 200_000
 DEFAULT_REDIS_OPS = 5_000
+# Bounds that stop a slip of the keyboard (--keys 1000000000000) from filling the
+# machine's memory or running for days: a larger run measures nothing more.
+MAX_BENCH_KEYS = 10_000_000
+MAX_BENCH_OPS = 100_000_000
 #: A Redis store is preloaded with at most this many entries per ``--redis-ops`` call.
 REDIS_ENTRIES_PER_CALL = 10
 
@@ -279,14 +283,14 @@ def _speedup_table(report: BenchReport) -> Table:
 @cli.command(short_help="Benchmark the local store's two cores (and Redis with --redis).")
 @click.option(
     "--keys",
-    type=click.IntRange(min=100),
+    type=click.IntRange(min=100, max=MAX_BENCH_KEYS),
     default=100_000,
     show_default=True,
-    help="Entries preloaded into each store (at least 100).",
+    help=f"Entries preloaded into each store (100 to {MAX_BENCH_KEYS:,}).",
 )
 @click.option(
     "--ops",
-    type=click.IntRange(min=100),
+    type=click.IntRange(min=100, max=MAX_BENCH_OPS),
     default=DEFAULT_OPS,
     show_default=True,
     help="Calls per single-key operation on the local stores; get_many and scan run "
@@ -308,7 +312,7 @@ def _speedup_table(report: BenchReport) -> Table:
 )
 @click.option(
     "--redis-ops",
-    type=click.IntRange(min=100),
+    type=click.IntRange(min=100, max=MAX_BENCH_OPS),
     default=DEFAULT_REDIS_OPS,
     show_default=True,
     help="Calls per single-key operation on Redis (preloads at most 10 entries per call).",

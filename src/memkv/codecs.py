@@ -50,48 +50,110 @@ class Codec(Protocol):
 
 
 class MsgpackCodec:
-    """MessagePack through msgspec: compact and fast (the default)."""
+    """MessagePack through msgspec: compact and fast (the default).
+
+    ``encode`` and ``decode`` raise ``CodecError`` for what they cannot handle.
+    """
 
     name = "msgpack"
 
     def __init__(self) -> None:
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder()
-        self.encode = self._encoder.encode
-        self.decode = self._decoder.decode
+
+    def encode(self, value: Any) -> bytes:
+        try:
+            return self._encoder.encode(value)
+        except Exception as err:
+            raise _encode_error(self.name, value, err) from err
+
+    def decode(self, data: bytes) -> Any:
+        try:
+            return self._decoder.decode(data)
+        except Exception as err:
+            raise _decode_error(self.name, data, err) from err
 
     def __repr__(self) -> str:
         return "MsgpackCodec()"
 
 
 class JsonCodec:
-    """JSON through msgspec: readable with any tool (``bytes`` come back as base64 str)."""
+    """JSON through msgspec: readable with any tool (``bytes`` come back as base64 str).
+
+    ``encode`` and ``decode`` raise ``CodecError`` for what they cannot handle.
+    """
 
     name = "json"
 
     def __init__(self) -> None:
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder()
-        self.encode = self._encoder.encode
-        self.decode = self._decoder.decode
+
+    def encode(self, value: Any) -> bytes:
+        try:
+            return self._encoder.encode(value)
+        except Exception as err:
+            raise _encode_error(self.name, value, err) from err
+
+    def decode(self, data: bytes) -> Any:
+        try:
+            return self._decoder.decode(data)
+        except Exception as err:
+            raise _decode_error(self.name, data, err) from err
 
     def __repr__(self) -> str:
         return "JsonCodec()"
 
 
 class PickleCodec:
-    """pickle at the highest protocol. Unsafe on a shared server: decoding runs code."""
+    """pickle at the highest protocol. Unsafe on a shared server: decoding runs code.
+
+    ``encode`` and ``decode`` raise ``CodecError`` for what they cannot handle.
+    """
 
     name = "pickle"
 
+    # pickle's messages quote repr() of what it cannot pickle, and pieces of what it
+    # cannot unpickle: its errors are raised outside the except block, so that neither
+    # their text nor the error itself (as __cause__ or __context__) travels with ours.
+
     def encode(self, value: Any) -> bytes:
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as err:
+            failure: type[Exception] = type(err)
+        raise CodecError(
+            f"the pickle codec cannot encode a value of type {type(value).__name__}: "
+            f"{failure.__name__}"
+        )
 
     def decode(self, data: bytes) -> Any:
-        return pickle.loads(data)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            # pickle.loads would also take a str, or an object with the buffer protocol.
+            raise _decode_error(self.name, data, TypeError("not bytes"))
+        try:
+            return pickle.loads(data)
+        except Exception as err:
+            failure = err
+        raise _decode_error(self.name, data, failure)
 
     def __repr__(self) -> str:
         return "PickleCodec()"
+
+
+def _encode_error(name: str, value: object, err: Exception) -> CodecError:
+    # msgspec's messages name types, never the value itself (pickle's do not: see above).
+    return CodecError(
+        f"the {name} codec cannot encode a value of type {type(value).__name__}: "
+        f"{type(err).__name__}: {err}"
+    )
+
+
+def _decode_error(name: str, data: object, err: Exception) -> CodecError:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        return CodecError(f"the {name} codec decodes bytes, not {type(data).__name__}")
+    # The error's own message may quote the data (pickle does): only its type is shown.
+    return CodecError(f"the {name} codec cannot decode these bytes: {type(err).__name__}")
 
 
 _BY_NAME: dict[str, type[MsgpackCodec | JsonCodec | PickleCodec]] = {
@@ -136,32 +198,21 @@ def codec_name(codec: Codec) -> str:
     return name if isinstance(name, str) else type(codec).__name__
 
 
-_MSGSPEC_CODECS = (MsgpackCodec, JsonCodec)
+_BUILT_IN_CODECS = (MsgpackCodec, JsonCodec, PickleCodec)
 
 
 def encode_value(codec: Codec, value: Any) -> bytes:
-    """``codec.encode(value)`` as ``bytes``, or ``CodecError`` (the value is never echoed).
-
-    The msgpack and json codecs' own message is added (msgspec names types, not values)
-    and their error chained. pickle's error is neither: pickle quotes ``repr()`` of what
-    it cannot pickle. A codec of your own has its error chained (its text is yours) but
-    not copied into the message.
-    """
-    failure: str | None = None
+    """``codec.encode(value)`` as ``bytes``, or ``CodecError`` (the value is never echoed)."""
+    if isinstance(codec, _BUILT_IN_CODECS):
+        return codec.encode(value)  # raises CodecError itself, never echoing the value
     try:
         data = codec.encode(value)
     except Exception as err:
-        failure = (
+        # Not the error's message: a codec of your own may quote the value in it.
+        raise CodecError(
             f"the {codec_name(codec)} codec cannot encode a value of type "
             f"{type(value).__name__}: {type(err).__name__}"
-        )
-        if isinstance(codec, _MSGSPEC_CODECS):
-            raise CodecError(f"{failure}: {err}") from err
-        if not isinstance(codec, PickleCodec):
-            raise CodecError(failure) from err
-    if failure is not None:
-        # Raised outside the except block: not even __context__ may carry pickle's text.
-        raise CodecError(failure)
+        ) from err
     if type(data) is not bytes:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise CodecError(

@@ -9,6 +9,7 @@ __all__ = [
     "CodecError",
     "EventLoopError",
     "InvalidArgumentError",
+    "InvalidArgumentTypeError",
     "InvalidKeyError",
     "InvalidMetadataError",
     "InvalidTTLError",
@@ -25,6 +26,10 @@ class MemKVError(Exception):
 
 class InvalidArgumentError(MemKVError, ValueError):
     """An option or argument with a value memkv cannot use (``batch_size=0``, a bad URL)."""
+
+
+class InvalidArgumentTypeError(MemKVError, TypeError):
+    """An option or argument of a type memkv cannot use (``max_entries="5"``, ``clock=5``)."""
 
 
 class StoreNotFoundError(MemKVError, ValueError):
@@ -74,6 +79,8 @@ class EventLoopError(MemKVError, RuntimeError):
     A ``RedisMemoryStore``'s connections belong to the event loop that opened them.
     Once that loop has stopped (a second ``asyncio.run``), the store moves to the next
     one by itself; while it still runs (in another thread), open one store per loop.
+    Also raised when a store that declares ``runs_inline = True`` needs an event loop
+    after all (a sync adapter ran it without one).
     """
 
 

@@ -7,7 +7,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from memkv._core import OPERATION_COUNTERS, LocalCore, MemoryEntry
 from memkv.store import TTL, BaseMemoryStore, StoreStats, operation_counts
@@ -31,11 +31,17 @@ class LocalMemoryStore(BaseMemoryStore[T]):
     operation is O(1) or O(log n); ``scan(prefix)`` costs O(log n + matches) and
     yields keys in code-point order.
 
-    >>> store = LocalMemoryStore[str](max_entries=10_000)
-    >>> await store.set("user:1", "Ada", ttl=60)        # doctest: +SKIP
-    >>> [key async for key in store.scan("user:")]      # doctest: +SKIP
+    >>> import asyncio
+    >>> async def main() -> list[str]:
+    ...     store = LocalMemoryStore[str](max_entries=10_000)
+    ...     await store.set("user:1", "Ada", ttl=60)
+    ...     return [key async for key in store.scan("user:")]
+    >>> asyncio.run(main())
     ['user:1']
     """
+
+    #: Its operations never wait: sync adapters run them in the caller, without a loop.
+    runs_inline: ClassVar[bool] = True
 
     #: The synchronous engine; the tests swap in the other core's twin through it.
     _core_type: Callable[..., LocalCore] = LocalCore

@@ -7,9 +7,10 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from memkv._core import MemoryEntry
-from memkv.errors import StoreNotFoundError
+from memkv.errors import InvalidArgumentError, InvalidArgumentTypeError, StoreNotFoundError
 from memkv.store import TTL, MemoryStore
 from memkv.urls import open_store
+from memkv.validation import check_store, check_store_name
 
 __all__ = ["MemoryManager"]
 
@@ -24,8 +25,13 @@ class MemoryManager(Generic[T]):
     ``StoreNotFoundError`` (a ``ValueError``). ``async with manager:`` closes every
     store on exit.
 
-    >>> manager = MemoryManager.from_urls({"local": "memory://"}, default="local")
-    >>> await manager.set("greeting", "hello")            # doctest: +SKIP
+    >>> import asyncio
+    >>> async def main() -> str:
+    ...     async with MemoryManager.from_urls({"local": "memory://"}, default="local") as manager:
+    ...         await manager.set("greeting", "hello")
+    ...         return (await manager.get("greeting", store="local")).value
+    >>> asyncio.run(main())
+    'hello'
     """
 
     def __init__(self) -> None:
@@ -34,8 +40,16 @@ class MemoryManager(Generic[T]):
 
     @classmethod
     def from_urls(cls, urls: Mapping[str, str], default: str | None = None) -> MemoryManager[Any]:
-        """Open a store for each ``name: url`` (see ``open_store``) and register it."""
-        if default is not None and default not in urls:
+        """Open a store for each ``name: url`` (see ``open_store``) and register it.
+
+        ``urls`` must be a mapping (else ``InvalidArgumentTypeError``); a ``default``
+        that is not among its names raises ``StoreNotFoundError``.
+        """
+        if not isinstance(urls, Mapping):
+            raise InvalidArgumentTypeError(
+                f"urls must be a mapping of store names to URLs, not {type(urls).__name__}"
+            )
+        if default is not None and check_store_name(default) not in urls:
             raise StoreNotFoundError(f"default store {default!r} is not among {sorted(urls)}")
         manager: MemoryManager[Any] = cls()
         for name, url in urls.items():
@@ -45,13 +59,16 @@ class MemoryManager(Generic[T]):
     def register_store(
         self, name: str, store: MemoryStore[T], default: bool = False, *, replace: bool = False
     ) -> None:
-        """Add ``store`` as ``name``; a taken name raises ``ValueError`` unless ``replace``."""
-        if not isinstance(name, str):
-            raise StoreNotFoundError(f"store names must be str, not {type(name).__name__}")
-        if not isinstance(store, MemoryStore):
-            raise TypeError(f"expected a MemoryStore, not {type(store).__name__}")
+        """Add ``store`` as ``name``.
+
+        A taken name raises ``InvalidArgumentError`` (a ``ValueError``) unless
+        ``replace``; a ``store`` that is not a ``MemoryStore`` raises
+        ``InvalidArgumentTypeError``, a non-``str`` name ``StoreNotFoundError``.
+        """
+        check_store_name(name)
+        check_store(store)
         if name in self._stores and not replace:
-            raise ValueError(f"a store named {name!r} is already registered")
+            raise InvalidArgumentError(f"a store named {name!r} is already registered")
         self._stores[name] = store
         if default:
             self._default = name
@@ -59,7 +76,7 @@ class MemoryManager(Generic[T]):
     def unregister_store(self, name: str) -> MemoryStore[T]:
         """Remove and return the store ``name`` without closing it."""
         try:
-            store = self._stores.pop(name)
+            store = self._stores.pop(check_store_name(name))
         except KeyError:
             raise StoreNotFoundError(f"no store named {name!r}") from None
         if self._default == name:
@@ -73,7 +90,7 @@ class MemoryManager(Generic[T]):
                 raise StoreNotFoundError("no store name given and no default store registered")
             name = self._default
         try:
-            return self._stores[name]
+            return self._stores[check_store_name(name)]
         except KeyError:
             raise StoreNotFoundError(f"no store named {name!r}") from None
 

@@ -6,7 +6,7 @@ import abc
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from datetime import timedelta
 from types import MappingProxyType, TracebackType
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 from memkv._core import MemoryEntry
 from memkv.latency import LatencyHistogram, LatencySnapshot, timed_call, timed_scan
@@ -125,6 +125,13 @@ class MemoryStore(abc.ABC, Generic[T]):
     coroutine except ``scan`` (which returns an async iterator) and ``stats``.
     Stores are async context managers that ``close()`` on exit.
     """
+
+    #: Whether the store's coroutines may run without an event loop: they keep no
+    #: loop-bound state and never wait on a future (at most a bare ``asyncio.sleep(0)``),
+    #: so a sync adapter can drive them to the end in the calling thread instead of on
+    #: a loop of its own. ``LocalMemoryStore`` declares ``True``; a subclass whose
+    #: operations wait (I/O, locks, sleeps) must declare ``False`` again.
+    runs_inline: ClassVar[bool] = False
 
     @abc.abstractmethod
     async def get(self, key: str) -> MemoryEntry[T] | None:
@@ -253,8 +260,31 @@ class BaseMemoryStore(MemoryStore[T]):
     Third-party stores subclass this and implement those four; the rest is derived
     from them (one call per key), and ``stats()`` reports zeros unless overridden.
 
+    A minimal store (without expiry, to stay short):
+
+    >>> import asyncio
+    >>> from memkv import MemoryEntry
+    >>> from memkv.validation import check_key, check_prefix
     >>> class DictStore(BaseMemoryStore[str]):
-    ...     ...  # implement get, set, delete and scan
+    ...     def __init__(self) -> None:
+    ...         self.entries: dict[str, MemoryEntry[str]] = {}
+    ...     async def get(self, key):
+    ...         return self.entries.get(check_key(key))
+    ...     async def set(self, key, value, ttl=None, metadata=None):
+    ...         self.entries[check_key(key)] = MemoryEntry(key, value, metadata=metadata)
+    ...     async def delete(self, key):
+    ...         return self.entries.pop(check_key(key), None) is not None
+    ...     async def scan(self, pattern=None, batch_size=100):
+    ...         prefix = check_prefix(pattern)
+    ...         for key in sorted(self.entries):
+    ...             if key.startswith(prefix):
+    ...                 yield key
+    >>> async def main() -> int:
+    ...     store = DictStore()
+    ...     await store.set_many({"a": "1", "b": "2"})
+    ...     return await store.delete_many(["a", "b", "c"])
+    >>> asyncio.run(main())
+    2
     """
 
     # The derived methods call the class's own get/set/delete/scan, so that a store

@@ -25,8 +25,9 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
-from memkv.errors import InvalidArgumentError
+from memkv.errors import InvalidArgumentError, InvalidArgumentTypeError
 from memkv.store import MemoryStore
+from memkv.validation import check_max_entries
 
 __all__ = [
     "REDIS_SCHEMES",
@@ -71,6 +72,9 @@ class MemoryURL:
 
     max_entries: int | None = None
 
+    def __post_init__(self) -> None:
+        check_max_entries(self.max_entries)
+
 
 @dataclass(frozen=True, repr=False)
 class RedisURL:
@@ -94,6 +98,22 @@ class RedisURL:
     connection: Mapping[str, Any]
 
     def __post_init__(self) -> None:
+        for name in ("scheme", "host", "socket_path", "username", "password"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise InvalidArgumentTypeError(
+                    f"RedisURL.{name} must be a str or None, not {type(value).__name__}"
+                )
+        if self.port is not None and (type(self.port) is not int or not 0 < self.port < 65536):
+            raise InvalidArgumentError("RedisURL.port must be an int from 1 to 65535")
+        for name in ("options", "connection"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+                raise InvalidArgumentTypeError(
+                    f"RedisURL.{name} must be a mapping with str keys, not {type(value).__name__}"
+                )
+            # Frozen all the way down: a parsed URL cannot change under a store.
+            object.__setattr__(self, name, MappingProxyType(dict(value)))
         if self.scheme not in _SCHEMES:
             raise InvalidArgumentError(f"unknown Redis URL scheme; expected {_REDIS_EXPECTED}")
         if (self.socket_path is None) != (self.scheme != "unix") or (

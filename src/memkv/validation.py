@@ -1,28 +1,44 @@
-"""Argument checks shared by every store: keys, prefixes, TTLs, metadata, batches."""
+"""Argument checks shared by every store and the manager: keys, prefixes, TTLs, metadata,
+batches, store options and store names."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memkv.errors import (
     InvalidArgumentError,
+    InvalidArgumentTypeError,
     InvalidKeyError,
     InvalidMetadataError,
     InvalidTTLError,
+    StoreNotFoundError,
 )
 
+if TYPE_CHECKING:
+    from memkv.store import MemoryStore
+
 __all__ = [
+    "MAX_COUNT",
     "MAX_TTL_SECONDS",
     "check_batch_size",
+    "check_clock",
     "check_items",
     "check_key",
     "check_keys",
+    "check_max_entries",
     "check_metadata",
     "check_prefix",
+    "check_store",
+    "check_store_name",
     "ttl_seconds",
 ]
+
+#: The largest batch or pool size passed on: a larger one means the same (everything at
+#: once, or no limit) and would overflow the C integers of the server or the client.
+MAX_COUNT = 2**31 - 1
 
 #: The longest TTL accepted: 100 years (``None`` means no expiry at all).
 MAX_TTL_SECONDS = 100 * 365.25 * 86400
@@ -106,14 +122,75 @@ def check_items(items: object) -> list[tuple[str, Any]]:
 
 
 def check_keys(keys: Iterable[object]) -> list[str]:
-    """Validate an iterable of keys as a whole (a lone ``str`` is refused)."""
+    """Validate an iterable of keys as a whole (a lone ``str`` or ``bytes`` is refused)."""
     if isinstance(keys, (str, bytes)):
-        raise InvalidKeyError("keys must be an iterable of str, not a single str")
+        raise InvalidKeyError(
+            f"keys must be an iterable of str, not a single {type(keys).__name__}"
+        )
+    if not isinstance(keys, Iterable):
+        raise InvalidKeyError(f"keys must be an iterable of str, not {type(keys).__name__}")
     return [check_key(key) for key in keys]
 
 
 def check_batch_size(batch_size: object) -> int:
-    """Return ``batch_size`` if it is an int of at least 1, else raise."""
+    """Return ``batch_size`` (at most ``MAX_COUNT``) if it is an int of at least 1, else
+    raise ``InvalidArgumentError``."""
     if type(batch_size) is not int or batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    return batch_size
+    return min(batch_size, MAX_COUNT)
+
+
+def check_max_entries(max_entries: object) -> int | None:
+    """Return a store bound: ``None`` (unbounded) or an ``int`` of at least 1.
+
+    Another type (``bool`` and ``"5"`` included) raises ``InvalidArgumentTypeError``;
+    an ``int`` below 1 raises ``InvalidArgumentError``.
+    """
+    if max_entries is None:
+        return None
+    if type(max_entries) is not int:
+        raise InvalidArgumentTypeError(
+            f"max_entries must be an int or None, not {type(max_entries).__name__}"
+        )
+    if max_entries < 1:
+        raise InvalidArgumentError(f"max_entries must be at least 1, got {max_entries}")
+    return max_entries
+
+
+def check_clock(clock: object) -> Callable[[], float] | None:
+    """Return an injected clock (``None``: the store's own), after reading it once.
+
+    A clock that is not callable, or whose reading is not an ``int`` or ``float``,
+    raises ``InvalidArgumentTypeError``; a reading that is not finite raises
+    ``InvalidArgumentError``. (An exception the clock raises itself propagates.)
+    """
+    if clock is None:
+        return None
+    if not callable(clock):
+        raise InvalidArgumentTypeError(
+            f"clock must be a zero-argument callable returning seconds, not {type(clock).__name__}"
+        )
+    now = clock()
+    if isinstance(now, bool) or not isinstance(now, (int, float)):
+        raise InvalidArgumentTypeError(
+            f"clock must return int or float seconds, not {type(now).__name__}"
+        )
+    if not math.isfinite(now):
+        raise InvalidArgumentError(f"clock must return finite seconds, got {now!r}")
+    return clock
+
+
+def check_store(store: object) -> MemoryStore[Any]:
+    """Return ``store`` if it is a ``MemoryStore``, else raise ``InvalidArgumentTypeError``."""
+    from memkv.store import MemoryStore  # memkv.store imports this module
+
+    if not isinstance(store, MemoryStore):
+        raise InvalidArgumentTypeError(f"expected a memkv MemoryStore, not {type(store).__name__}")
+    return store
+
+
+def check_store_name(name: object) -> str:
+    """Return a manager's store name, or raise ``StoreNotFoundError`` if it is not a ``str``."""
+    if not isinstance(name, str):
+        raise StoreNotFoundError(f"store names must be str, not {type(name).__name__}")
+    return name

@@ -1,8 +1,10 @@
 """OpenTelemetry observable instruments that read memkv store counters at collection.
 
 >>> from opentelemetry import metrics
+>>> from memkv import MemoryManager
 >>> from memkv.metrics.otel import instrument
->>> instrument(metrics.get_meter("memkv"), manager)  # doctest: +SKIP
+>>> manager = MemoryManager.from_urls({"local": "memory://"}, default="local")
+>>> instrument(metrics.get_meter("memkv"), manager)
 
 Registers, each with a ``store`` attribute (the store's name):
 
@@ -31,7 +33,15 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         'memkv.metrics.otel needs opentelemetry-api: pip install "memkv[otel]"'
     ) from err
 
-from memkv.metrics import StoreSample, StoreSource, snapshot
+from memkv.errors import InvalidArgumentTypeError
+from memkv.metrics import (
+    OTEL_PREFIX,
+    StoreSample,
+    StoreSource,
+    check_metric_prefix,
+    check_source,
+    snapshot,
+)
 
 __all__ = ["instrument"]
 
@@ -43,8 +53,17 @@ Observer = Callable[[StoreSample], Iterable[Observation]]
 def instrument(meter: Meter, source: StoreSource, prefix: str = "memkv") -> None:
     """Register observable instruments on ``meter`` for every store of ``source``.
 
-    Stores registered on a manager later are picked up at the next collection.
+    Stores registered on a manager later are picked up at the next collection. A
+    ``meter`` that is not an OpenTelemetry ``Meter`` or a ``source`` that is neither a
+    manager nor a mapping raises ``InvalidArgumentTypeError``; a ``prefix`` that cannot
+    start a metric name raises ``InvalidArgumentError``.
     """
+    if not isinstance(meter, Meter):
+        raise InvalidArgumentTypeError(
+            f"meter must be an OpenTelemetry Meter, not {type(meter).__name__}"
+        )
+    check_source(source)
+    check_metric_prefix(prefix, OTEL_PREFIX)
 
     def operations(sample: StoreSample) -> Iterable[Observation]:
         for (operation, result), count in sample.stats.operations.items():

@@ -1,8 +1,15 @@
 """A Prometheus collector that reads memkv store counters at scrape time.
 
->>> from prometheus_client import REGISTRY
+>>> from prometheus_client import CollectorRegistry, generate_latest
+>>> from memkv import MemoryManager
 >>> from memkv.metrics.prometheus import StoreCollector
->>> REGISTRY.register(StoreCollector(manager))  # doctest: +SKIP
+>>> manager = MemoryManager.from_urls({"local": "memory://"}, default="local")
+>>> registry = CollectorRegistry()  # or prometheus_client.REGISTRY, the default one
+>>> registry.register(StoreCollector(manager))
+>>> b'memkv_operations_total{operation="get",result="hit",store="local"} 0.0' in (
+...     generate_latest(registry)
+... )
+True
 
 Exports, each labelled with the store's name (``store``):
 
@@ -37,7 +44,13 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         'memkv.metrics.prometheus needs prometheus_client: pip install "memkv[prometheus]"'
     ) from err
 
-from memkv.metrics import StoreSource, snapshot
+from memkv.metrics import (
+    PROMETHEUS_PREFIX,
+    StoreSource,
+    check_metric_prefix,
+    check_source,
+    snapshot,
+)
 
 __all__ = ["StoreCollector"]
 
@@ -45,12 +58,14 @@ __all__ = ["StoreCollector"]
 class StoreCollector(Collector):
     """Collects every store's figures when Prometheus scrapes; costs nothing between.
 
-    ``namespace`` replaces the ``memkv`` prefix of every metric name.
+    ``namespace`` replaces the ``memkv`` prefix of every metric name. A ``source`` that
+    is neither a manager nor a mapping raises ``InvalidArgumentTypeError``, a namespace
+    that cannot start a metric name ``InvalidArgumentError``, here rather than at scrape.
     """
 
     def __init__(self, source: StoreSource, namespace: str = "memkv") -> None:
-        self._source = source
-        self._namespace = namespace
+        self._source = check_source(source)
+        self._namespace = check_metric_prefix(namespace, PROMETHEUS_PREFIX)
 
     def collect(self) -> Iterator[Metric]:
         ns = self._namespace

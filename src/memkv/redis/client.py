@@ -10,6 +10,7 @@ from redis.backoff import EqualJitterBackoff
 
 from memkv.errors import InvalidArgumentError
 from memkv.redis.retry import NoRetryOnAccess
+from memkv.validation import MAX_COUNT
 
 __all__ = ["DEFAULT_OPTIONS", "AnyRedis", "check_options", "make_client", "server_label"]
 
@@ -39,8 +40,10 @@ def check_options(options: dict[str, Any]) -> None:
     if type(retries) is not int or retries < 0:
         raise InvalidArgumentError(f"retries must be an int >= 0, got {retries!r}")
     pool = options["max_connections"]
-    if pool is not None and (type(pool) is not int or pool < 1):
-        raise InvalidArgumentError(f"max_connections must be an int >= 1, got {pool!r}")
+    if pool is not None and (type(pool) is not int or not 1 <= pool <= MAX_COUNT):
+        raise InvalidArgumentError(
+            f"max_connections must be an int from 1 to {MAX_COUNT}, got {pool!r}"
+        )
 
 
 def make_client(

@@ -134,9 +134,14 @@ class RedisMemoryStore(BaseMemoryStore[T]):
     a cluster) and never use ``KEYS`` or ``FLUSHDB``. ``stats()`` counts this client's
     operations (``expired`` and ``evictions`` are 0, ``entries`` is ``None``).
 
-    >>> store = RedisMemoryStore("redis://localhost:6379/0", namespace="app")
-    >>> await store.set("user:1", {"name": "Ada"}, ttl=60)  # doctest: +SKIP
-    >>> (await store.get("user:1")).value                    # doctest: +SKIP
+    >>> import asyncio
+    >>> async def main() -> object:
+    ...     async with RedisMemoryStore("redis://localhost:6379/0", namespace="app") as store:
+    ...         await store.set("user:1", {"name": "Ada"}, ttl=60)
+    ...         entry = await store.get("user:1")
+    ...         await store.delete("user:1")
+    ...         return entry.value
+    >>> asyncio.run(main())
     {'name': 'Ada'}
     """
 

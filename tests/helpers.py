@@ -1,0 +1,85 @@
+"""Helpers shared by the tests: the fake clock, the core chooser and the store harness.
+
+Fixtures live in ``conftest.py``; this module holds what tests import by name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from memkv import LocalMemoryStore, MemoryStore, _core_py
+
+NO_EXTENSIONS = bool(os.environ.get("MEMKV_NO_EXTENSIONS"))
+
+
+class FakeClock:
+    """A monotonic clock that only moves when told to."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def core_module(name: str) -> Any:
+    """The core module for ``"python"`` or ``"cython"``; skips cython without extensions."""
+    if name == "python":
+        return _core_py
+    if NO_EXTENSIONS:
+        pytest.skip("MEMKV_NO_EXTENSIONS=1: the Cython core is not built")
+    return importlib.import_module("memkv._core_c")
+
+
+def local_store_type(core: str) -> type[LocalMemoryStore[Any]]:
+    """A ``LocalMemoryStore`` subclass running on the named core."""
+    module = core_module(core)
+    return type(f"LocalMemoryStore_{core}", (LocalMemoryStore,), {"_core_type": module.LocalCore})
+
+
+@dataclass
+class StoreHarness:
+    """One store under test, how to make siblings of it, and how to let time pass."""
+
+    kind: str
+    store: MemoryStore[Any]
+    make: Callable[..., Awaitable[MemoryStore[Any]]]
+    advance: Callable[[float], Awaitable[None]]
+    entry_type: type[Any]
+    #: Whether time is simulated (local) or real (Redis: the server expires keys).
+    fake_time: bool = True
+    opened: list[MemoryStore[Any]] = field(default_factory=list)
+
+
+LOCAL_KINDS = ("local-python", "local-cython")
+REDIS_KINDS = ("redis", "redis-cluster")
+
+
+async def make_local_harness(kind: str) -> StoreHarness:
+    """A harness over a local store on the core ``kind`` names, with a fake clock."""
+    core = kind.removeprefix("local-")
+    store_type = local_store_type(core)
+    clock = FakeClock()
+
+    async def make(**options: Any) -> MemoryStore[Any]:
+        return store_type(clock=clock, **options)
+
+    async def advance(seconds: float) -> None:
+        clock.tick(seconds)
+
+    return StoreHarness(
+        kind=kind,
+        store=await make(),
+        make=make,
+        advance=advance,
+        entry_type=core_module(core).MemoryEntry,
+    )
