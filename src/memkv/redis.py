@@ -8,9 +8,11 @@ envelope (``docs/redis-format.md``); expiry is the server's (``PX``). Needs the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import os
+import random
 import struct
 import time
 from collections import Counter
@@ -31,6 +33,7 @@ except ImportError as err:  # pragma: no cover - exercised without the extra
     ) from err
 
 from memkv._core import MemoryEntry, make_entry
+from memkv._redis_lease import LEASE_PREFIX, RELEASE, RENEW, TOUCH, run_script
 from memkv.codecs import CODEC_IDS, Codec, codec_id, codec_name, encode_value, resolve_codec
 from memkv.errors import (
     AccessDeniedError,
@@ -41,6 +44,7 @@ from memkv.errors import (
     InvalidArgumentError,
     MemKVError,
 )
+from memkv.singleflight import Fill
 from memkv.store import TTL, BaseMemoryStore, StoreStats, operation_counts
 from memkv.validation import (
     check_batch_size,
@@ -859,6 +863,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
     # -- lifecycle -----------------------------------------------------------------------
 
     def stats(self) -> StoreStats:
+        fills = self._fill_state()
         return StoreStats(
             gets=self._gets,
             hits=self._hits,
@@ -866,14 +871,17 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             sets=self._sets,
             deletes=self._deletes,
             entries=None,
-            operations=operation_counts(self._ops),
+            operations=operation_counts(self._ops + fills.operations),
+            flights=fills.stats(),
         )
 
     async def close(self) -> None:
         """Close the connections (only when the store made its client). Safe twice.
 
         The store may be used again afterwards, on this loop or another: it reconnects.
+        Background refreshes of ``get_or_set`` are cancelled and awaited first.
         """
+        await self._close_fills()
         bound = self._loop
         if bound is not None and bound is not asyncio.get_running_loop():
             if self._loop_runs(bound):
@@ -897,6 +905,118 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             f"RedisMemoryStore({kind}{self._server}, namespace={self._namespace!r}, "
             f"codec={codec_name(self._codec)!r})"
         )
+
+    # -- add, touch and get_or_set's cross-process lease --------------------------------
+
+    #: How long a fill lease lasts unless its holder renews it (every third of it while
+    #: the factory runs): how long other processes wait for a holder that died.
+    lease_ttl: float = 5.0
+
+    @_counts_errors("add")
+    async def add(
+        self,
+        key: str,
+        value: T,
+        ttl: TTL = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Store ``value`` like ``set`` only if ``key`` holds no live entry; ``True`` when
+        written. One ``SET NX`` of a fresh envelope: atomic across every client."""
+        redis_key = self._redis_key(key)
+        seconds = ttl_seconds(ttl)
+        envelope, px = self._envelope(value, check_metadata(metadata), time.time(), seconds)
+        expiry = ("PX", px) if px else ()
+        try:
+            written = await self._client.execute_command("SET", redis_key, envelope, "NX", *expiry)
+        except _FAILURES as err:
+            raise self._error(err) from err
+        if written:
+            self._sets += 1
+        self._ops["add", "ok" if written else "exists"] += 1
+        return bool(written)
+
+    @_counts_errors("touch")
+    async def touch(self, key: str, ttl: TTL = None) -> bool:
+        """Give the live entry at ``key`` a new expiry, ``ttl`` from now (``None``: never);
+        ``True`` when there was one. One script: ``PEXPIRE``/``PERSIST`` and the
+        envelope's ``expires_at`` change together; value, metadata and the other
+        timestamps are kept. A key holding no memkv entry raises ``CodecError``."""
+        redis_key = self._redis_key(key)
+        seconds = ttl_seconds(ttl)
+        if seconds is None:
+            px, expires = 0, 0.0
+        else:
+            px = max(1, round(seconds * 1000))
+            expires = time.time() + px / 1000  # as _envelope: whole milliseconds
+        try:
+            found = await run_script(
+                self._client, TOUCH, redis_key, px, struct.pack(">d", expires), ENVELOPE_MAGIC
+            )
+        except _FAILURES as err:
+            raise self._error(err) from err
+        if found < 0:
+            raise CodecError(
+                f"the value at key {key!r} in namespace {self._namespace!r} on "
+                f"{self._where} is not a memkv entry"
+            )
+        self._ops["touch", "hit" if found else "miss"] += 1
+        return bool(found)
+
+    async def _fill(self, fill: Fill, stale: MemoryEntry[T] | None) -> MemoryEntry[T] | None:
+        """Compute under a lease, so that one process runs the factory while the others
+        poll for the entry (backing off from 2 ms to 50 ms); a refresh that finds the
+        lease taken leaves the refresh to its holder."""
+        lease_key = LEASE_PREFIX + self._redis_key(fill.key)
+        token = os.urandom(16)
+        delay = 0.002
+        waited = False
+        while True:
+            if await self._lease(lease_key, token):
+                renewing = asyncio.create_task(self._keep_lease(lease_key, token))
+                try:
+                    return await super()._fill(fill, stale)
+                finally:
+                    renewing.cancel()
+                    await asyncio.gather(renewing, return_exceptions=True)
+                    await self._release(lease_key, token)
+            if stale is not None:
+                return None
+            if not waited:
+                waited = True
+                self._fill_state().lease_waits += 1
+            entry = await type(self).get(self, fill.key)
+            if entry is not None:
+                return entry
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, 0.05)
+
+    async def _lease(self, lease_key: bytes, token: bytes) -> bool:
+        """Take the lease at ``lease_key`` with ``token`` unless another holder has it."""
+        try:
+            taken = await self._client.execute_command(
+                "SET", lease_key, token, "NX", "PX", max(1, round(self.lease_ttl * 1000))
+            )
+        except _FAILURES as err:
+            raise self._error(err) from err
+        return bool(taken)
+
+    async def _keep_lease(self, lease_key: bytes, token: bytes) -> None:
+        """Renew the lease every third of ``lease_ttl`` while the factory runs."""
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            try:
+                renewed = await run_script(
+                    self._client, RENEW, lease_key, token, max(1, round(self.lease_ttl * 1000))
+                )
+            except _FAILURES:
+                return  # the factory's own write will meet the same outage and report it
+            if not renewed:
+                return  # expired meanwhile; another process may be computing too
+
+    async def _release(self, lease_key: bytes, token: bytes) -> None:
+        # Not worth failing a fill whose entry is stored: the lease expires by itself.
+        with contextlib.suppress(*_FAILURES):
+            await run_script(self._client, RELEASE, lease_key, token)
 
 
 def _valid_timestamp(timestamp: float) -> bool:

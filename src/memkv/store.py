@@ -271,68 +271,16 @@ class MemoryStore(abc.ABC, Generic[T]):
     ) -> None:
         await self.close()
 
-
-_S = TypeVar("_S", bound=MemoryStore[Any])
-
-
-class BaseMemoryStore(MemoryStore[T]):
-    """A ``MemoryStore`` built from four methods: ``get``, ``set``, ``delete``, ``scan``.
-
-    Third-party stores subclass this and implement those four; the rest is derived
-    from them (one call per key), and ``stats()`` reports zeros unless overridden.
-
-    >>> class DictStore(BaseMemoryStore[str]):
-    ...     ...  # implement get, set, delete and scan
-    """
-
-    # The derived methods call the class's own get/set/delete/scan, so that a store
-    # timed by record_latency() observes the call made, not the calls it is made of.
-
-    async def exists(self, key: str) -> bool:
-        return await type(self).get(self, key) is not None
-
-    async def clear(self, pattern: str | None = None) -> int:
-        prefix = check_prefix(pattern)
-        cls = type(self)
-        keys = [key async for key in cls.scan(self, prefix or None)]
-        removed = 0
-        for key in keys:
-            removed += await cls.delete(self, key)
-        return removed
-
-    async def get_many(self, keys: Iterable[str]) -> list[MemoryEntry[T] | None]:
-        get = type(self).get
-        return [await get(self, key) for key in check_keys(keys)]
-
-    async def set_many(
-        self,
-        items: Mapping[str, T] | Iterable[tuple[str, T]],
-        ttl: TTL = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> None:
-        pairs = check_items(items)
-        ttl_seconds(ttl)
-        check_metadata(metadata)
-        set_ = type(self).set
-        for key, value in pairs:
-            await set_(self, key, value, ttl, metadata)
-
-    async def delete_many(self, keys: Iterable[str]) -> int:
-        delete = type(self).delete
-        removed = 0
-        for key in check_keys(keys):
-            removed += await delete(self, key)
-        return removed
-
-    async def close(self) -> None:
-        await self._close_fills()
-
-    def stats(self) -> StoreStats:
-        return StoreStats(flights=self._fill_state().stats())
-
     # -- get_or_set, add and touch -------------------------------------------------------
-    # Derived from get/set for every store; the built-in stores override add and touch
-    # atomically and RedisMemoryStore overrides _fill with a cross-process lease.
+    # Derived from get/set, so every store has them (a store that subclasses MemoryStore
+    # directly too); the built-in stores override add and touch atomically and
+    # RedisMemoryStore overrides _fill with a cross-process lease.
+
+    @property
+    def _get_now(self) -> Callable[[str], MemoryEntry[T] | None] | None:
+        """A synchronous ``get`` for stores whose ``get`` never waits (the local store),
+        else ``None``: a ``cached`` hit then costs no coroutine of the store's."""
+        return None
 
     async def get_or_set(
         self,
@@ -383,7 +331,9 @@ class BaseMemoryStore(MemoryStore[T]):
                     self._start_refresh(state, fill, entry)
                 state.operations["get_or_set", "hit"] += 1
                 return entry
-            filled = await state.fills.run(key, lambda: self._fill(fill, None))
+            filled: MemoryEntry[T] | None = await state.fills.run(
+                key, lambda: self._fill(fill, None)
+            )
         except Exception:
             state.operations["get_or_set", "error"] += 1
             raise
@@ -458,10 +408,9 @@ class BaseMemoryStore(MemoryStore[T]):
         await cls.set(self, fill.key, value, seconds, fill.metadata)
         entry = await cls.get(self, fill.key)
         if entry is None:  # deleted, or evicted, between the two calls
-            expires = None if seconds is None else self._store_time() + seconds
-            entry = make_entry(
-                fill.key, value, fill.metadata, *([self._store_time()] * 2), expires
-            )
+            now = self._store_time()
+            expires = None if seconds is None else now + seconds
+            entry = make_entry(fill.key, value, fill.metadata, now, now, expires)
         return entry
 
     def _start_refresh(self, state: FillState, fill: Fill, stale: MemoryEntry[T]) -> None:
@@ -484,3 +433,62 @@ class BaseMemoryStore(MemoryStore[T]):
         state: FillState | None = vars(self).get("_fills")
         if state is not None:
             await state.aclose()
+
+
+_S = TypeVar("_S", bound=MemoryStore[Any])
+
+
+class BaseMemoryStore(MemoryStore[T]):
+    """A ``MemoryStore`` built from four methods: ``get``, ``set``, ``delete``, ``scan``.
+
+    Third-party stores subclass this and implement those four; the rest is derived
+    from them (one call per key), and ``stats()`` reports zeros unless overridden.
+
+    >>> class DictStore(BaseMemoryStore[str]):
+    ...     ...  # implement get, set, delete and scan
+    """
+
+    # The derived methods call the class's own get/set/delete/scan, so that a store
+    # timed by record_latency() observes the call made, not the calls it is made of.
+
+    async def exists(self, key: str) -> bool:
+        return await type(self).get(self, key) is not None
+
+    async def clear(self, pattern: str | None = None) -> int:
+        prefix = check_prefix(pattern)
+        cls = type(self)
+        keys = [key async for key in cls.scan(self, prefix or None)]
+        removed = 0
+        for key in keys:
+            removed += await cls.delete(self, key)
+        return removed
+
+    async def get_many(self, keys: Iterable[str]) -> list[MemoryEntry[T] | None]:
+        get = type(self).get
+        return [await get(self, key) for key in check_keys(keys)]
+
+    async def set_many(
+        self,
+        items: Mapping[str, T] | Iterable[tuple[str, T]],
+        ttl: TTL = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        pairs = check_items(items)
+        ttl_seconds(ttl)
+        check_metadata(metadata)
+        set_ = type(self).set
+        for key, value in pairs:
+            await set_(self, key, value, ttl, metadata)
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        delete = type(self).delete
+        removed = 0
+        for key in check_keys(keys):
+            removed += await delete(self, key)
+        return removed
+
+    async def close(self) -> None:
+        await self._close_fills()
+
+    def stats(self) -> StoreStats:
+        return StoreStats(flights=self._fill_state().stats())
