@@ -291,21 +291,22 @@ def cached(
             assert target is not None
             store_key = make_key(args, kwargs)
             target_get_now = target._get_now
-            entry = (
-                await target.get(store_key)
-                if target_get_now is None
-                else target_get_now(store_key)
+            if target_get_now is not None:
+                entry = target_get_now(store_key)
+                if entry is not None and (
+                    refresh is None or target._store_time() - entry._updated < refresh
+                ):
+                    found: R = entry.value
+                    return found
+            # get_or_set reads the key itself (sharing the read among concurrent
+            # callers on a server), and fills or refreshes it as needed.
+            entry = await target.get_or_set(
+                store_key,
+                lambda: func(*args, **kwargs),
+                seconds,
+                refresh_after=refresh,
+                ttl_jitter=jitter,
             )
-            if entry is None or (
-                refresh is not None and target._store_time() - entry._updated >= refresh
-            ):
-                entry = await target.get_or_set(
-                    store_key,
-                    lambda: func(*args, **kwargs),
-                    seconds,
-                    refresh_after=refresh,
-                    ttl_jitter=jitter,
-                )
             value: R = entry.value
             return value
 

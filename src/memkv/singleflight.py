@@ -177,6 +177,8 @@ class FillState:
 
     def __init__(self) -> None:
         self.fills: SingleFlight[Any] = SingleFlight("get_or_set factory call")
+        #: Concurrent first reads of one key, shared on stores whose get waits.
+        self.lookups: SingleFlight[Any] = SingleFlight("get_or_set lookup")
         self.refreshes: SingleFlight[Any] = SingleFlight("background refresh")
         #: Calls by (operation, result) for get_or_set, add and touch.
         self.operations: Counter[tuple[str, str]] = Counter()
@@ -198,6 +200,7 @@ class FillState:
         """Cancel and await background refreshes and fills nobody waits for."""
         await self.refreshes.aclose()
         await self.fills.aclose()
+        await self.lookups.aclose()
 
 
 def _seconds(name: str, value: object) -> float:

@@ -299,7 +299,9 @@ class MemoryStore(abc.ABC, Generic[T]):
         missing key on one event loop share one factory call (single-flight): its
         value is stored with ``ttl`` and ``metadata`` and every caller gets the stored
         entry; if it raises, every caller gets that exception, nothing is stored and
-        the next call tries again. Cancelling a caller never cancels the factory call
+        the next call tries again. (On a store whose ``get`` waits on a server,
+        concurrent callers of one key also share the first read.) Cancelling a caller
+        never cancels the factory call
         others wait for; if every caller is cancelled it still runs to its end and
         stores its value (an exception is then logged on the ``memkv`` logger).
         ``RedisMemoryStore`` also shares the call across processes through a lease.
@@ -324,7 +326,13 @@ class MemoryStore(abc.ABC, Generic[T]):
             seconds = ttl_seconds(ttl)
             meta = check_metadata(metadata)
             refresh, jitter = check_fill_options(factory, seconds, refresh_after, ttl_jitter)
-            entry = await type(self).get(self, key)
+            get_now = self._get_now
+            if get_now is not None:
+                entry = get_now(key)
+            else:
+                # A server round trip: concurrent callers of one key share one read too,
+                # so that a thousand callers of a hot key cost one GET, not a thousand.
+                entry = await state.lookups.run(key, lambda: type(self).get(self, key))
             fill = Fill(key, factory, seconds, meta, jitter)
             if entry is not None:
                 if refresh is not None and self._store_time() - entry._updated >= refresh:
