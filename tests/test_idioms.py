@@ -862,3 +862,45 @@ async def test_a_redis_touch_of_a_foreign_value_raises_codec_error(
     await store.client.set(store.namespace.encode() + b":foreign", b"plain")
     with pytest.raises(CodecError):
         await store.touch("foreign", 10)
+
+
+# -- exporters ---------------------------------------------------------------------------------
+
+
+async def test_prometheus_exports_the_flight_events_of_each_store() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from memkv.metrics.prometheus import StoreCollector
+
+    store = LocalMemoryStore[Any]()
+    factory = Factory("v", seconds=0.01)
+    await asyncio.gather(*[store.get_or_set("k", factory) for _ in range(3)])
+    registry = CollectorRegistry()
+    registry.register(StoreCollector({"main": store}))
+    text = generate_latest(registry).decode()
+    assert 'memkv_flight_events_total{event="factory_call",store="main"} 1.0' in text
+    assert 'memkv_flight_events_total{event="wait",store="main"} 2.0' in text
+    assert 'memkv_operations_total{operation="get_or_set",result="miss",store="main"} 3.0' in text
+
+
+async def test_opentelemetry_observes_the_flight_events_of_each_store() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from memkv.metrics.otel import instrument
+
+    store = LocalMemoryStore[Any]()
+    await store.get_or_set("k", Factory("v"))
+    reader = InMemoryMetricReader()
+    instrument(MeterProvider(metric_readers=[reader]).get_meter("test"), {"main": store})
+    data = reader.get_metrics_data()
+    points = {
+        point.attributes["event"]: point.value
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "memkv.flight_events"
+        for point in metric.data.data_points
+    }
+    assert points["factory_call"] == 1
+    assert points["refresh"] == 0

@@ -29,7 +29,7 @@ R_co = TypeVar("R_co", covariant=True)
 
 #: Encoded arguments longer than this are replaced by their SHA-256 in the key.
 MAX_ENCODED_ARGUMENTS = 200
-#: Keys of single-str-argument calls remembered per function (then forgotten at once).
+#: Keys of recent calls remembered per function (then all forgotten at once).
 _RECENT_KEYS = 1024
 
 
@@ -126,23 +126,50 @@ class _KeyMaker(Generic[R]):
         #: key to another), and where that argument sits in ``args``.
         self.index = self._count - 1
         self.recent: dict[str, str] | None = None
+        self._memo: dict[tuple[Any, ...], str] = {}
         if key is None and self._positional and self.index == int(self.skips_first):
             self.recent = {}
+        #: The parameter names, when every parameter is a plain one without a default
+        #: (then a wrapper with the very same signature can be made; see _exact_call).
+        self.exact_names: list[str] | None = None
+        if all(
+            parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+            and parameter.default is inspect.Parameter.empty
+            and not parameter.name.startswith("_memkv")
+            for parameter in parameters
+        ):
+            self.exact_names = self._names
 
     def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """The key of a call with ``args`` and ``kwargs`` (``self`` included)."""
         if self._custom is not None:
             return self._custom_key(args, kwargs)
         given = len(args)
-        values: tuple[Any, ...]
         if not kwargs and self._positional and self._required <= given <= self._count:
+            keyed = args[1:] if self.skips_first else args
+            # Calls whose arguments are all exact str, int or None are remembered by
+            # their tuple: among such tuples, equality is the encoding's (1.0 and True
+            # never get in, so they never share 1's key).
+            for value in keyed:
+                kind = type(value)
+                if kind is not str and kind is not int and value is not None:
+                    break
+            else:
+                made = self._memo.get(keyed)
+                if made is None:
+                    made = self._encode(keyed + self._defaults[given - self._required :])
+                    if len(self._memo) >= _RECENT_KEYS:
+                        self._memo.clear()
+                    self._memo[keyed] = made
+                return made
             values = args + self._defaults[given - self._required :]
         else:
             bound = self._signature.bind(*args, **kwargs)
             bound.apply_defaults()
             values = tuple(bound.arguments.values())
-        if self.skips_first:
-            values = values[1:]
+        return self._encode(values[1:] if self.skips_first else values)
+
+    def _encode(self, values: tuple[Any, ...]) -> str:
         try:
             encoded = ",".join([encode_value(value) for value in values])
         except (_Unencodable, RecursionError):
@@ -267,23 +294,28 @@ def cached(
         maker: _KeyMaker[R] = _KeyMaker(func, key)
         make_key = maker.fast_key()
 
-        recent = maker.recent if maker.recent is not None else {}
+        recent = maker.recent
         get_now = None if direct is None else direct._get_now
-        # The hit of the commonest shape (one str argument, a local store, no
-        # refresh_after) costs a dict lookup and the core's get, nothing more.
-        fast = maker.recent is not None and get_now is not None and refresh is None
+        # A hit on a local store without refresh_after costs the key and the core's get,
+        # nothing more; for one str argument, the key is a dict lookup.
+        fast = get_now is not None and refresh is None
         arity, index = maker.index + 1, maker.index
 
-        async def call(*args: P.args, **kwargs: P.kwargs) -> R:
-            if fast and not kwargs and len(args) == arity:
-                value = args[index]
-                if type(value) is str:
-                    store_key = recent.get(value)
-                    if store_key is not None:
-                        entry = get_now(store_key)  # type: ignore[misc]
-                        if entry is not None:
-                            found: R = entry.value
-                            return found
+        async def lookup_call(*args: P.args, **kwargs: P.kwargs) -> R:
+            if fast:
+                if (
+                    recent is not None
+                    and not kwargs
+                    and len(args) == arity
+                    and type(args[index]) is str
+                ):
+                    store_key = recent.get(args[index]) or make_key(args, kwargs)  # type: ignore[call-overload]
+                else:
+                    store_key = make_key(args, kwargs)
+                entry = get_now(store_key)  # type: ignore[misc]
+                if entry is not None:
+                    found: R = entry.value
+                    return found
             return await lookup(args, kwargs)
 
         async def lookup(args: Any, kwargs: Any) -> R:
@@ -310,6 +342,10 @@ def cached(
             value: R = entry.value
             return value
 
+        call: Callable[P, Coroutine[Any, Any, R]] = lookup_call
+        if fast and recent is not None and maker.exact_names is not None:
+            call = _exact_call(maker.exact_names, get_now, recent.get, lookup)
+
         def key_for(*args: Any, **kwargs: Any) -> str:
             # self/cls never enters the key: stand None in for it.
             return make_key((None, *args) if maker.skips_first else args, kwargs)
@@ -328,6 +364,41 @@ def cached(
         return cast(CachedFunction[P, R], call)
 
     return decorate
+
+
+def _exact_call(
+    names: list[str],
+    get_now: Any,
+    recent_get: Callable[[str], str | None],
+    lookup: Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]],
+) -> Any:
+    """A wrapper with the function's own signature (plain parameters, the last one the
+    key's only argument), made as ``dataclasses`` and ``namedtuple`` make methods.
+
+    Packing ``*args, **kwargs`` costs a tuple and a dict per call, about a third of a
+    local ``get``; a hit of a function of one ``str`` argument then costs a dict lookup
+    and the core's ``get`` on top of its own coroutine.
+    """
+    parameters = ", ".join(names)
+    source = (
+        f"async def call({parameters}):\n"
+        f"    if type({names[-1]}) is _memkv_str:\n"
+        f"        _memkv_key = _memkv_recent_get({names[-1]})\n"
+        "        if _memkv_key is not None:\n"
+        "            _memkv_entry = _memkv_get_now(_memkv_key)\n"
+        "            if _memkv_entry is not None:\n"
+        "                return _memkv_entry.value\n"
+        f"    return await _memkv_lookup(({parameters},), {{}})\n"
+    )
+    namespace: dict[str, Any] = {
+        "_memkv_str": str,
+        "_memkv_recent_get": recent_get,
+        "_memkv_get_now": get_now,
+        "_memkv_lookup": lookup,
+    }
+    # The names are the function's own parameter identifiers, checked by its def.
+    exec(source, namespace)
+    return namespace["call"]
 
 
 async def _no_factory() -> None:
