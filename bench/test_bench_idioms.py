@@ -141,21 +141,29 @@ def test_cached_hit_vs_peer_decorator_hits(
     async def ours(prompt: str) -> str:
         return await answer(prompt)
 
+    computed = 0
+
+    async def counted(prompt: str) -> str:
+        nonlocal computed
+        computed += 1
+        return await answer(prompt)
+
     theirs: Callable[[str], Awaitable[str]]
     if peer == "aiocache":
         from aiocache import cached as aiocache_cached
 
-        theirs = aiocache_cached(ttl=3600)(answer)
+        theirs = aiocache_cached(ttl=3600)(counted)
     else:
         from cashews import Cache
 
         cache = Cache()
         cache.setup("mem://")
-        theirs = cache(ttl="1h")(answer)
+        theirs = cache(ttl="1h")(counted)
     order = call_order()
     for decorated in (ours, theirs):
         loop.run_until_complete(call_each(decorated))
     subject, baseline = paired(burst(loop, ours, order), burst(loop, theirs, order))
+    assert computed == ARGUMENTS, "the peer must serve every timed call from its cache"
     ratio = baseline / subject
     record(
         Figure(
