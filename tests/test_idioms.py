@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+import memkv
 from memkv import LocalMemoryStore, MemoryManager, cached
 from memkv.caching import encode_value
 from memkv.errors import InvalidArgumentError, InvalidKeyError, InvalidTTLError, MemKVError
@@ -31,6 +32,9 @@ from tests.conftest import REDIS_KINDS, StoreHarness, local_store_type
 from tests.redis_servers import unique_namespace
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Where the memkv under test is imported from (src/ in a checkout, or site-packages),
+#: for the worker processes.
+MEMKV_PATH = str(Path(memkv.__file__).resolve().parent.parent)
 
 
 class Factory:
@@ -614,7 +618,7 @@ def test_cached_keys_are_the_same_in_another_process_with_another_hash_seed() ->
             capture_output=True,
             text=True,
             timeout=60,
-            env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT / "src")},
+            env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": MEMKV_PATH},
             check=True,
         )
         keys.add(done.stdout.strip())
@@ -751,7 +755,7 @@ def run_workers(
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})},
+            env={**os.environ, "PYTHONPATH": MEMKV_PATH, **(env or {})},
         )
         for _ in range(processes)
     ]
@@ -805,7 +809,7 @@ async def test_a_lease_of_a_killed_holder_expires_and_another_process_computes(
         *(counter, "1", "0", "0"),
         cwd=ROOT,
         stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "MEMKV_TEST_LEASE_TTL": "0.6"},
+        env={**os.environ, "PYTHONPATH": MEMKV_PATH, "MEMKV_TEST_LEASE_TTL": "0.6"},
     )
     assert holder.stdout is not None
     line = await asyncio.wait_for(holder.stdout.readline(), 30)
