@@ -13,7 +13,7 @@ import enum
 import hashlib
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 from memkv.errors import InvalidArgumentError, InvalidKeyError
 from memkv.manager import MemoryManager
@@ -31,6 +31,8 @@ R_co = TypeVar("R_co", covariant=True)
 MAX_ENCODED_ARGUMENTS = 200
 #: Keys of recent calls remembered per function (then all forgotten at once).
 _RECENT_KEYS = 1024
+#: Ints below this in magnitude are encoded inline (their key stays short).
+_INT_INLINE = 10**50
 
 
 class _Unencodable(Exception):
@@ -99,7 +101,7 @@ class CachedFunction(Protocol[P, R_co]):
         ...
 
 
-class _KeyMaker(Generic[R]):
+class _KeyMaker:
     """Turns a call's arguments into its store key, the common shapes without
     ``inspect.Signature.bind``."""
 
@@ -203,7 +205,7 @@ class _KeyMaker(Generic[R]):
                         made = recent[value] = f"{prefix}(s{len(value)}:{value})"
                     if made is not None:
                         return made
-                elif kind is int and -(10**50) < value < 10**50:
+                elif kind is int and -_INT_INLINE < value < _INT_INLINE:
                     return f"{prefix}(i{value})"
             return key(args, kwargs)
 
@@ -291,7 +293,7 @@ def cached(
                 f"cached() decorates async def functions; "
                 f"{getattr(func, '__qualname__', func)!r} is not one"
             )
-        maker: _KeyMaker[R] = _KeyMaker(func, key)
+        maker = _KeyMaker(func, key)
         make_key = maker.fast_key()
 
         recent = maker.recent
