@@ -908,3 +908,37 @@ async def test_opentelemetry_observes_the_flight_events_of_each_store() -> None:
     }
     assert points["factory_call"] == 1
     assert points["refresh"] == 0
+
+
+async def test_cached_wrapper_keeps_defaults_keywords_and_a_float_argument() -> None:
+    store = LocalMemoryStore[Any]()
+    calls: list[tuple[Any, ...]] = []
+
+    @cached(store, ttl=60)
+    async def scale(value: float, factor: float = 2.0, label: str | None = None) -> float:
+        calls.append((value, factor, label))
+        return value * factor
+
+    assert await scale(1.5) == 3.0
+    assert await scale(value=1.5, factor=2.0) == 3.0
+    assert await scale(1, 2.0) == 2
+    assert await scale(-0.0) == -0.0
+    assert await scale(0.0) == 0.0
+    assert calls == [(1.5, 2.0, None), (1, 2.0, None), (-0.0, 2.0, None), (0.0, 2.0, None)]
+    with pytest.raises(TypeError):
+        await scale()  # type: ignore[call-arg]
+
+
+async def test_cached_function_without_arguments_has_one_entry() -> None:
+    store = LocalMemoryStore[Any]()
+    calls = 0
+
+    @cached(store)
+    async def constant() -> int:
+        nonlocal calls
+        calls += 1
+        return 42
+
+    assert [await constant() for _ in range(3)] == [42, 42, 42]
+    assert calls == 1
+    assert constant.key_for() == f"{__name__}.{constant.__qualname__}()"

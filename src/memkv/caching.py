@@ -131,16 +131,13 @@ class _KeyMaker:
         self._memo: dict[tuple[Any, ...], str] = {}
         if key is None and self._positional and self.index == int(self.skips_first):
             self.recent = {}
-        #: The parameter names, when every parameter is a plain one without a default
-        #: (then a wrapper with the very same signature can be made; see _exact_call).
-        self.exact_names: list[str] | None = None
-        if all(
+        #: Whether every parameter is a plain positional-or-keyword one: then a wrapper
+        #: with the very same signature can be made (see _exact_call).
+        self.exact = all(
             parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-            and parameter.default is inspect.Parameter.empty
             and not parameter.name.startswith("_memkv")
             for parameter in parameters
-        ):
-            self.exact_names = self._names
+        )
 
     def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """The key of a call with ``args`` and ``kwargs`` (``self`` included)."""
@@ -345,8 +342,8 @@ def cached(
             return value
 
         call: Callable[P, Coroutine[Any, Any, R]] = lookup_call
-        if fast and recent is not None and maker.exact_names is not None:
-            call = _exact_call(maker.exact_names, get_now, recent.get, lookup)
+        if fast and maker.exact:
+            call = _exact_call(maker, get_now, lookup)
 
         def key_for(*args: Any, **kwargs: Any) -> str:
             # self/cls never enters the key: stand None in for it.
@@ -369,35 +366,58 @@ def cached(
 
 
 def _exact_call(
-    names: list[str],
+    maker: _KeyMaker,
     get_now: Any,
-    recent_get: Callable[[str], str | None],
     lookup: Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]],
 ) -> Any:
-    """A wrapper with the function's own signature (plain parameters, the last one the
-    key's only argument), made as ``dataclasses`` and ``namedtuple`` make methods.
+    """A wrapper with the function's own signature (plain parameters, defaults kept),
+    made as ``dataclasses`` and ``namedtuple`` make methods, for a local store.
 
     Packing ``*args, **kwargs`` costs a tuple and a dict per call, about a third of a
-    local ``get``; a hit of a function of one ``str`` argument then costs a dict lookup
-    and the core's ``get`` on top of its own coroutine.
+    local ``get``. A hit of a function of one ``str`` argument then costs a dict lookup
+    and the core's ``get`` on top of its own coroutine; other hits cost the key
+    (``_KeyMaker.key``) and the core's ``get``.
     """
-    parameters = ", ".join(names)
-    source = (
-        f"async def call({parameters}):\n"
-        f"    if type({names[-1]}) is _memkv_str:\n"
-        f"        _memkv_key = _memkv_recent_get({names[-1]})\n"
-        "        if _memkv_key is not None:\n"
-        "            _memkv_entry = _memkv_get_now(_memkv_key)\n"
-        "            if _memkv_entry is not None:\n"
-        "                return _memkv_entry.value\n"
-        f"    return await _memkv_lookup(({parameters},), {{}})\n"
+    names = maker._names
+    first_default = len(names) - len(maker._defaults)
+    parameters = ", ".join(
+        name if index < first_default else f"{name}=_memkv_default_{index}"
+        for index, name in enumerate(names)
+    )
+    arguments = "".join(f"{name}, " for name in names)
+    if maker.recent is not None:
+        lines = [
+            f"    if type({names[-1]}) is _memkv_str:",
+            f"        _memkv_key = _memkv_recent_get({names[-1]})",
+            "        if _memkv_key is not None:",
+            "            _memkv_entry = _memkv_get_now(_memkv_key)",
+            "            if _memkv_entry is not None:",
+            "                return _memkv_entry.value",
+        ]
+    else:
+        lines = [
+            f"    _memkv_entry = _memkv_get_now(_memkv_key_of(({arguments}), _memkv_none))",
+            "    if _memkv_entry is not None:",
+            "        return _memkv_entry.value",
+        ]
+    source = "\n".join(
+        [
+            f"async def call({parameters}):",
+            *lines,
+            f"    return await _memkv_lookup(({arguments}), {{}})",
+            "",
+        ]
     )
     namespace: dict[str, Any] = {
         "_memkv_str": str,
-        "_memkv_recent_get": recent_get,
+        "_memkv_recent_get": None if maker.recent is None else maker.recent.get,
         "_memkv_get_now": get_now,
+        "_memkv_key_of": maker.key,
+        "_memkv_none": {},
         "_memkv_lookup": lookup,
     }
+    for index, default in enumerate(maker._defaults, start=first_default):
+        namespace[f"_memkv_default_{index}"] = default
     # The names are the function's own parameter identifiers, checked by its def.
     exec(source, namespace)
     return namespace["call"]
