@@ -12,6 +12,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from memkv.redis.client import AnyRedis
+from memkv.redis.lease import Script, run_script
 
 __all__ = ["SET_SCRIPT", "RedisCommands"]
 
@@ -99,6 +100,15 @@ class RedisCommands:
         except redis_errors.NoScriptError:
             # First use on this server, or its script cache was flushed (restart).
             await self.client.execute_command("EVAL", SET_SCRIPT, 1, key, envelope, px)
+
+    async def set_if_absent(self, key: bytes, envelope: bytes, px: int) -> bool:
+        """``SET key envelope NX [PX px]``: whether it was written."""
+        expiry = ("PX", px) if px else ()
+        return bool(await self.client.execute_command("SET", key, envelope, "NX", *expiry))
+
+    async def script(self, script: Script, key: bytes, *args: Any) -> Any:
+        """Run one of ``memkv.redis.lease``'s scripts on ``key``."""
+        return await run_script(self.client, script, key, *args)
 
     async def set_many(self, writes: list[tuple[bytes, bytes, int]]) -> None:
         """``set`` each ``(key, envelope, px)`` in order, in one pipeline."""

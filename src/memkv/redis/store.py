@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
+import random
+import struct
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
@@ -19,8 +22,10 @@ from memkv.codecs import Codec, codec_id, codec_name, resolve_codec
 from memkv.errors import CodecError, EventLoopError, InvalidArgumentError, MemKVError
 from memkv.redis.client import DEFAULT_OPTIONS, AnyRedis, check_options, make_client, server_label
 from memkv.redis.commands import RedisCommands
-from memkv.redis.envelope import decode_entry, encode_entry, ttl_milliseconds
+from memkv.redis.envelope import ENVELOPE_MAGIC, decode_entry, encode_entry, ttl_milliseconds
 from memkv.redis.errors import FAILURES, FOREIGN_TYPE_MESSAGE, translate
+from memkv.redis.lease import LEASE_PREFIX, RELEASE, RENEW, TOUCH
+from memkv.singleflight import Fill
 from memkv.store import TTL, BaseMemoryStore, StoreStats, operation_counts
 from memkv.urls import RedisURL, parse_redis_url
 from memkv.validation import (
@@ -50,6 +55,11 @@ _Operation = Callable[Concatenate["RedisMemoryStore[Any]", P], Coroutine[Any, An
 
 def _ok(_result: object) -> str:
     return "ok"
+
+
+def _ok_or_exists(written: object) -> str:
+    """``ok`` when ``add`` wrote, ``exists`` when a live entry was there already."""
+    return "ok" if written else "exists"
 
 
 def _hit_or_miss(result: object) -> str:
@@ -477,6 +487,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
     # -- lifecycle -----------------------------------------------------------------------
 
     def stats(self) -> StoreStats:
+        fills = self._fill_state()
         return StoreStats(
             gets=self._gets,
             hits=self._hits,
@@ -484,14 +495,17 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             sets=self._sets,
             deletes=self._deletes,
             entries=None,
-            operations=operation_counts(self._ops),
+            operations=operation_counts(self._ops + fills.operations),
+            flights=fills.stats(),
         )
 
     async def close(self) -> None:
         """Close the connections (only when the store made its client). Safe twice.
 
         The store may be used again afterwards, on this loop or another: it reconnects.
+        Background refreshes of ``get_or_set`` are cancelled and awaited first.
         """
+        await self._close_fills()
         bound = self._loop
         if bound is not None and bound is not asyncio.get_running_loop():
             if self._loop_runs(bound):
@@ -512,3 +526,101 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             f"RedisMemoryStore({kind}{self._server}, namespace={self._namespace!r}, "
             f"codec={codec_name(self._codec)!r})"
         )
+
+    # -- add, touch and get_or_set's cross-process lease --------------------------------
+
+    #: How long a fill lease lasts unless its holder renews it (every third of it while
+    #: the factory runs): how long other processes wait for a holder that died.
+    lease_ttl: float = 5.0
+
+    @_operation("add", _ok_or_exists, keyed=True)
+    async def add(
+        self,
+        key: str,
+        value: T,
+        ttl: TTL = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Store ``value`` like ``set`` only if ``key`` holds no live entry; ``True`` when
+        written. One ``SET NX`` of a fresh envelope: atomic across every client."""
+        redis_key = self._redis_key(key)
+        px = ttl_milliseconds(ttl_seconds(ttl))
+        envelope = self._encode(value, check_metadata(metadata), time.time(), px)
+        written = await self._redis.set_if_absent(redis_key, envelope, px)
+        if written:
+            self._sets += 1
+        return written
+
+    @_operation("touch", _hit_or_miss, keyed=True)
+    async def touch(self, key: str, ttl: TTL = None) -> bool:
+        """Give the live entry at ``key`` a new expiry, ``ttl`` from now (``None``: never);
+        ``True`` when there was one. One script: ``PEXPIRE``/``PERSIST`` and the
+        envelope's ``expires_at`` change together; value, metadata and the other
+        timestamps are kept. A key holding no memkv entry raises ``CodecError``."""
+        redis_key = self._redis_key(key)
+        px = ttl_milliseconds(ttl_seconds(ttl))
+        expires = time.time() + px / 1000 if px else 0.0  # as the envelope: whole ms
+        found = await self._redis.script(
+            TOUCH, redis_key, px, struct.pack(">d", expires), ENVELOPE_MAGIC
+        )
+        if found < 0:
+            raise CodecError(
+                f"the value at key {key!r} in namespace {self._namespace!r} on "
+                f"{self._where} is not a memkv entry"
+            )
+        return bool(found)
+
+    async def _fill(self, fill: Fill, stale: MemoryEntry[T] | None) -> MemoryEntry[T] | None:
+        """Compute under a lease, so that one process runs the factory while the others
+        poll for the entry (backing off from 2 ms to 50 ms); a refresh that finds the
+        lease taken leaves the refresh to its holder."""
+        lease_key = LEASE_PREFIX + self._redis_key(fill.key)
+        token = os.urandom(16)
+        delay = 0.002
+        waited = False
+        while True:
+            if await self._lease(lease_key, token):
+                renewing = asyncio.create_task(self._keep_lease(lease_key, token))
+                try:
+                    return await super()._fill(fill, stale)
+                finally:
+                    renewing.cancel()
+                    await asyncio.gather(renewing, return_exceptions=True)
+                    await self._release(lease_key, token)
+            if stale is not None:
+                return None
+            if not waited:
+                waited = True
+                self._fill_state().lease_waits += 1
+            entry = await type(self).get(self, fill.key)
+            if entry is not None:
+                return entry
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, 0.05)
+
+    async def _lease(self, lease_key: bytes, token: bytes) -> bool:
+        """Take the lease at ``lease_key`` with ``token`` unless another holder has it."""
+        try:
+            return await self._redis.set_if_absent(
+                lease_key, token, max(1, round(self.lease_ttl * 1000))
+            )
+        except FAILURES as err:
+            raise translate(err, self._where) from err
+
+    async def _keep_lease(self, lease_key: bytes, token: bytes) -> None:
+        """Renew the lease every third of ``lease_ttl`` while the factory runs."""
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            try:
+                renewed = await self._redis.script(
+                    RENEW, lease_key, token, max(1, round(self.lease_ttl * 1000))
+                )
+            except FAILURES:
+                return  # the factory's own write will meet the same outage and report it
+            if not renewed:
+                return  # expired meanwhile; another process may be computing too
+
+    async def _release(self, lease_key: bytes, token: bytes) -> None:
+        # Not worth failing a fill whose entry is stored: the lease expires by itself.
+        with contextlib.suppress(*FAILURES):
+            await self._redis.script(RELEASE, lease_key, token)
