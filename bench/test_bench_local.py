@@ -30,7 +30,6 @@ from bench.conftest import (
     timed,
 )
 from memkv import LocalMemoryStore
-from memkv import _core as chosen_core
 from memkv import _core_py as core_py
 
 try:
@@ -54,10 +53,12 @@ def shuffled(keys: list[str], seed: int = 1) -> list[str]:
     return copy
 
 
-def store_on(core: Any, keys: list[str] | None = None) -> LocalMemoryStore[Any]:
-    """A store on ``core``, holding each of ``keys`` (value 1, with ``TTL``)."""
-    store_type = type("Store", (LocalMemoryStore,), {"_core_type": core.LocalCore})
-    store: LocalMemoryStore[Any] = store_type()
+def store_on(core: str | None, keys: list[str] | None = None) -> LocalMemoryStore[Any]:
+    """A store on ``core`` (a name; ``None``: the one in use), holding each of ``keys``
+    (value 1, with ``TTL``); skips on a Cython core that is not built."""
+    if core == "cython":
+        cython_core()
+    store: LocalMemoryStore[Any] = LocalMemoryStore(core=core)
     if keys:
         store._core.set_many([(k, 1) for k in keys], TTL)
     return store
@@ -75,10 +76,6 @@ def cython_core() -> Any:
     if core_c is None:
         pytest.skip("the Cython core is not built")
     return core_c
-
-
-def named_core(name: str) -> Any:
-    return core_py if name == "python" else cython_core()
 
 
 #: The goals apply to the Cython core; the pure-Python core's ratio is its baseline.
@@ -105,11 +102,10 @@ def awaited_gets(
 def test_get_hit_vs_bare_async_dict(
     benchmark: Any, loop: asyncio.AbstractEventLoop, core_name: str
 ) -> None:
-    core = named_core(core_name)
     keys = make_keys(KEYS)
     order = shuffled(keys)
     plain = dict.fromkeys(keys, 1)
-    store = store_on(core, keys)
+    store = store_on(core_name, keys)
 
     async def bare_get(key: str) -> Any:
         return plain.get(key)
@@ -140,11 +136,10 @@ def test_get_hit_vs_bare_async_dict(
 def test_set_ttl_existing_vs_bare_async_dict(
     benchmark: Any, loop: asyncio.AbstractEventLoop, core_name: str
 ) -> None:
-    core = named_core(core_name)
     keys = make_keys(KEYS)
     order = shuffled(keys)
     plain = dict.fromkeys(keys, 1)
-    store = store_on(core, keys)
+    store = store_on(core_name, keys)
 
     async def bare_set(key: str, value: Any) -> None:
         plain[key] = value
@@ -178,9 +173,8 @@ def test_set_ttl_existing_vs_bare_async_dict(
 @pytest.fixture(scope="module")
 def large_store() -> tuple[Any, dict[str, int]]:
     """A Cython-core store and a dict, each holding ``LARGE`` keys (with a TTL)."""
-    core = cython_core()
     keys = make_keys(LARGE)
-    store = store_on(core, keys)
+    store = store_on("cython", keys)
     return store, dict.fromkeys(keys, 1)
 
 
@@ -188,7 +182,7 @@ def test_new_key_set_with_ttl_into_a_large_store(
     benchmark: Any, loop: asyncio.AbstractEventLoop
 ) -> None:
     keys = make_keys(LARGE)
-    store = store_on(cython_core(), keys)
+    store = store_on("cython", keys)
     plain = dict.fromkeys(keys, 1)
     batch = KEYS // 2
     rounds = iter(range(1, 100))
@@ -275,10 +269,9 @@ def test_scan_prefix_of_100_in_a_large_store(
 
 
 def test_get_many_of_100_keys(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
-    core = cython_core()
     keys = make_keys(KEYS)
     plain = dict.fromkeys(keys, 1)
-    store = store_on(core, keys)
+    store = store_on("cython", keys)
     batches = [shuffled(keys, seed)[:100] for seed in range(50)]
     repeats = 20
 
@@ -330,7 +323,7 @@ def test_get_with_exporters_registered_vs_without(
 
     keys = make_keys(KEYS)
     order = shuffled(keys)
-    exported, bare = store_on(chosen_core, keys), store_on(chosen_core, keys)
+    exported, bare = store_on(None, keys), store_on(None, keys)
     registry = CollectorRegistry()
     registry.register(StoreCollector({"exported": exported}))
     reader = InMemoryMetricReader()
@@ -370,10 +363,9 @@ def test_get_with_latency_histograms_vs_without(
     benchmark: Any, loop: asyncio.AbstractEventLoop, core_name: str
 ) -> None:
     """What ``record_latency()`` costs a local ``get`` (it is opt-in for this reason)."""
-    core = named_core(core_name)
     keys = make_keys(KEYS)
     order = shuffled(keys)
-    timed, plain = store_on(core, keys), store_on(core, keys)
+    timed, plain = store_on(core_name, keys), store_on(core_name, keys)
     timed.record_latency()
 
     def gets(store: LocalMemoryStore[Any]) -> Callable[[], Any]:

@@ -44,10 +44,10 @@ def core_module(name: str) -> Any:
     return importlib.import_module("memkv._core_c")
 
 
-def local_store_type(core: str) -> type[LocalMemoryStore[Any]]:
-    """A ``LocalMemoryStore`` subclass running on the named core."""
-    module = core_module(core)
-    return type(f"LocalMemoryStore_{core}", (LocalMemoryStore,), {"_core_type": module.LocalCore})
+def local_store(core: str, **options: Any) -> LocalMemoryStore[Any]:
+    """A ``LocalMemoryStore`` on the named core; skips cython without extensions."""
+    core_module(core)
+    return LocalMemoryStore(core=core, **options)
 
 
 @dataclass
@@ -70,11 +70,10 @@ REDIS_KINDS = ["redis", "redis-cluster"]
 
 async def _local_harness(kind: str) -> StoreHarness:
     core = kind.removeprefix("local-")
-    store_type = local_store_type(core)
     clock = FakeClock()
 
     async def make(**options: Any) -> MemoryStore[Any]:
-        return store_type(clock=clock, **options)
+        return local_store(core, clock=clock, **options)
 
     async def advance(seconds: float) -> None:
         clock.tick(seconds)

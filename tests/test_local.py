@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import weakref
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from memkv import LocalMemoryStore
+import memkv
+from memkv import LocalMemoryStore, open_store
 from memkv.errors import InvalidArgumentError, MemKVError
-from tests.conftest import FakeClock, StoreHarness, core_module, local_store_type
+from memkv.store import StoreStats
+from tests.conftest import FakeClock, StoreHarness, core_module, local_store
 
 
 def check(harness: StoreHarness) -> None:
@@ -55,7 +60,7 @@ async def test_expires_at_is_wall_clock_time_computed_from_the_clock(
 
 
 async def test_max_entries_evicts_least_recently_used(clock: FakeClock, core: str) -> None:
-    store = local_store_type(core)(max_entries=3, clock=clock)
+    store = local_store(core, max_entries=3, clock=clock)
     await store.set_many({"a": 1, "b": 2, "c": 3})
     await store.get("a")  # a is now the most recently used; b is the oldest
     await store.set("d", 4)
@@ -67,7 +72,7 @@ async def test_max_entries_evicts_least_recently_used(clock: FakeClock, core: st
 async def test_lru_uses_are_get_get_many_and_set_not_exists_or_scan(
     clock: FakeClock, core: str
 ) -> None:
-    store = local_store_type(core)(max_entries=3, clock=clock)
+    store = local_store(core, max_entries=3, clock=clock)
     await store.set_many({"a": 1, "b": 2, "c": 3})
     await store.exists("a")
     [k async for k in store.scan()]
@@ -83,7 +88,7 @@ async def test_lru_uses_are_get_get_many_and_set_not_exists_or_scan(
 async def test_max_entries_drops_expired_entries_before_live_ones(
     clock: FakeClock, core: str
 ) -> None:
-    store = local_store_type(core)(max_entries=3, clock=clock)
+    store = local_store(core, max_entries=3, clock=clock)
     await store.set("old", 1)
     await store.set("dying", 2, ttl=5)
     await store.set("young", 3)
@@ -97,7 +102,7 @@ async def test_max_entries_drops_expired_entries_before_live_ones(
 
 
 async def test_overwrite_at_capacity_evicts_nothing(clock: FakeClock, core: str) -> None:
-    store = local_store_type(core)(max_entries=2, clock=clock)
+    store = local_store(core, max_entries=2, clock=clock)
     await store.set_many({"a": 1, "b": 2})
     await store.set("a", 10)
     assert len(store) == 2
@@ -107,16 +112,16 @@ async def test_overwrite_at_capacity_evicts_nothing(clock: FakeClock, core: str)
 @pytest.mark.parametrize("bad", [0, -5])
 def test_max_entries_must_be_positive(core: str, bad: int) -> None:
     with pytest.raises(ValueError, match="max_entries"):
-        local_store_type(core)(max_entries=bad)
+        local_store(core, max_entries=bad)
 
 
 def test_max_entries_must_be_an_int(core: str) -> None:
     with pytest.raises(TypeError, match="max_entries"):
-        local_store_type(core)(max_entries="10")  # type: ignore[arg-type]
+        local_store(core, max_entries="10")  # type: ignore[arg-type]
 
 
 async def test_purge_expired_and_len(clock: FakeClock, core: str) -> None:
-    store = local_store_type(core)(clock=clock)
+    store = local_store(core, clock=clock)
     await store.set_many({f"t{i}": i for i in range(50)}, ttl=5)
     await store.set_many({f"p{i}": i for i in range(10)})
     assert len(store) == 60
@@ -129,7 +134,7 @@ async def test_purge_expired_and_len(clock: FakeClock, core: str) -> None:
 
 
 async def test_len_purges_expired_entries_first(clock: FakeClock, core: str) -> None:
-    store = local_store_type(core)(clock=clock)
+    store = local_store(core, clock=clock)
     await store.set("a", 1, ttl=1)
     await store.set("b", 2)
     clock.tick(2)
@@ -141,7 +146,7 @@ async def test_writes_purge_a_bounded_number_of_expired_entries(
     clock: FakeClock, core: str
 ) -> None:
     module = core_module(core)
-    store = local_store_type(core)(clock=clock)
+    store = local_store(core, clock=clock)
     await store.set_many({f"k{i}": i for i in range(5_000)}, ttl=1)
     clock.tick(2)
     await store.set("trigger", 0)
@@ -157,7 +162,7 @@ async def test_writes_purge_a_bounded_number_of_expired_entries(
 
 async def test_rewriting_one_key_keeps_the_heap_small(clock: FakeClock, core: str) -> None:
     module = core_module(core)
-    store = local_store_type(core)(clock=clock)
+    store = local_store(core, clock=clock)
     for i in range(20_000):
         await store.set("hot", i, ttl=60)
         clock.tick(0.0001)
@@ -169,7 +174,7 @@ async def test_dropped_values_are_released(clock: FakeClock, core: str) -> None:
     class Value:
         pass
 
-    store = local_store_type(core)(clock=clock)
+    store = local_store(core, clock=clock)
     refs: list[weakref.ref[Any]] = []
     for name in ("deleted", "overwritten", "expired", "cleared"):
         value = Value()
@@ -243,3 +248,71 @@ def test_core_init_runs_only_once(core: str) -> None:
         store.__init__(max_entries=1)
     store.set("b", 2)
     store._check()
+
+
+# -- choosing the core --------------------------------------------------------------------
+
+
+def test_core_argument_runs_the_store_on_the_named_core(core: str) -> None:
+    store = local_store(core)
+    assert store.core == core
+    assert type(store._core) is core_module(core).LocalCore
+
+
+def test_core_none_is_the_implementation_in_use() -> None:
+    assert LocalMemoryStore().core == memkv.IMPLEMENTATION
+    assert LocalMemoryStore(core=None).core == memkv.IMPLEMENTATION
+
+
+@pytest.mark.parametrize("bad", ["pypy", "Cython", "", 1, b"python"])
+def test_core_argument_refuses_an_unknown_core(bad: Any) -> None:
+    with pytest.raises(InvalidArgumentError, match="core must be"):
+        LocalMemoryStore(core=bad)
+
+
+def test_cython_core_without_the_extension_is_a_typed_import_error() -> None:
+    # A fresh interpreter: MEMKV_NO_EXTENSIONS is read once, when memkv is imported.
+    script = (
+        "import memkv\n"
+        "from memkv.errors import ExtensionUnavailableError, MemKVError\n"
+        "try:\n"
+        "    memkv.LocalMemoryStore(core='cython')\n"
+        "except ExtensionUnavailableError as err:\n"
+        "    assert isinstance(err, ImportError) and isinstance(err, MemKVError)\n"
+        "    print(err)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MEMKV_NO_EXTENSIONS": "1"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Cython core is not in use" in result.stdout
+    assert "MEMKV_NO_EXTENSIONS" in result.stdout
+
+
+def test_memory_url_chooses_the_core(core: str) -> None:
+    core_module(core)
+    store = open_store(f"memory://?core={core}&max_entries=5")
+    assert isinstance(store, LocalMemoryStore)
+    assert (store.core, store.max_entries) == (core, 5)
+    with pytest.raises(InvalidArgumentError, match="core must be"):
+        open_store("memory://?core=fast")
+
+
+async def test_stats_read_the_core_counters_by_name(clock: FakeClock, core: str) -> None:
+    store = local_store(core, max_entries=1, clock=clock)
+    await store.set("a", 1, ttl=5)
+    await store.get("a")
+    await store.exists("b")
+    await store.set("b", 2)  # evicts a
+    await store.delete("b")
+    stats = store.stats()
+    counters = store._core.counters()
+    assert counters._fields == StoreStats._fields[: len(counters)]
+    assert stats[: len(counters)] == tuple(counters)
+    assert (stats.gets, stats.hits, stats.sets, stats.deletes, stats.evictions) == (1, 1, 2, 1, 1)
+    assert stats.operations["exists", "miss"] == store._core.operations().exists_miss == 1
+    assert stats.operations["set", "ok"] == 2

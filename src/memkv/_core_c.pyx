@@ -42,6 +42,8 @@ import time
 from datetime import datetime, timezone
 from types import GenericAlias
 
+from memkv._counters import CoreCounters, CoreOperations
+from memkv.entry import MemoryEntry as AnyCoreEntry
 from memkv.errors import InvalidTTLError, ReentrantCallError
 from memkv.validation import (
     MAX_TTL_SECONDS,
@@ -53,7 +55,7 @@ from memkv.validation import (
     ttl_seconds,
 )
 
-__all__ = ["OPERATION_COUNTERS", "LocalCore", "MemoryEntry", "make_entry"]
+__all__ = ["LocalCore", "MemoryEntry", "make_entry"]
 
 
 cdef extern from "Python.h":
@@ -88,12 +90,6 @@ PURGE_BUDGET = 4
 #: Stale heap items the reference core allows beyond the live ones; this core's
 #: indexed heap never holds a stale item.
 HEAP_SLACK = 64
-#: What each item of ``LocalCore.operations()`` counts: (operation, result).
-OPERATION_COUNTERS = (
-    ("get", "hit"), ("get", "miss"), ("set", "ok"), ("delete", "hit"), ("delete", "miss"),
-    ("exists", "hit"), ("exists", "miss"), ("clear", "ok"),
-    ("get_many", "ok"), ("set_many", "ok"), ("delete_many", "ok"),
-)
 
 cdef enum:
     C_PURGE_BUDGET = 4
@@ -101,8 +97,7 @@ cdef enum:
     # memmove stays cheap, large enough that the index costs ~1.2 pointers per key.
     MAX_SUBLIST = 512
 
-# Call counters, in the order ``LocalCore.operations()`` reports them (the same as the
-# pure-Python core's ``OPERATION_COUNTERS``).
+# Call counters, in the order of ``CoreOperations``' fields.
 cdef enum:
     OP_GET_HIT
     OP_GET_MISS
@@ -343,6 +338,10 @@ cdef class MemoryEntry:
         )
 
 
+# A cdef class cannot subclass the abstract entry, so it is registered as one.
+AnyCoreEntry.register(MemoryEntry)
+
+
 cdef inline MemoryEntry new_entry(object key, object value, object metadata):
     cdef MemoryEntry entry = MemoryEntry.__new__(MemoryEntry)
     entry.heap_pos = -1
@@ -397,8 +396,9 @@ cdef class KeyIndex:
     """The keys in code-point order: a list of sorted C arrays (sortedcontainers' shape).
 
     ``maxes[i]`` is the last key of ``lists[i]``, so finding a key is two bisections,
-    O(log n); inserting or removing one moves at most ``MAX_SUBLIST`` pointers. Holds a
-    reference to each key.
+    O(log n); inserting or removing one moves at most ``MAX_SUBLIST`` key pointers,
+    plus the sublist records after it (O(n / MAX_SUBLIST)) when its sublist splits or
+    empties. Holds a reference to each key.
     """
 
     cdef SubList* lists
@@ -735,11 +735,18 @@ cdef inline bint is_expired(MemoryEntry entry, double now) noexcept:
 cdef class LocalCore:
     """The synchronous engine behind ``LocalMemoryStore``.
 
-    Complexities (n entries, k keys returned): ``get``/``exists``/``delete`` O(1) plus
-    O(log n) when a key is added or removed from the sorted index; ``set`` O(log n);
-    ``scan_batch`` O(log n + k); ``clear(prefix)`` O(k log n). Expired entries are
-    removed lazily when read, a few at a time on each write (``PURGE_BUDGET``) and all
-    at once by ``purge_expired``.
+    Complexities, n entries held: ``get`` and ``exists`` O(1), or O(log n) when the
+    entry read has expired and is removed; ``delete`` O(log n); ``set`` of a new key
+    O(log n) (the key index and the heap), an overwrite O(1) (O(log n) when it
+    gains, loses or brings forward a deadline), plus up to ``PURGE_BUDGET`` expired
+    entries removed at O(log n) each; the ``_many`` forms the single form per key.
+    ``scan_batch`` O(log n + limit); ``clear(prefix)`` O(k log n) for k matching keys
+    (each leaves the index and the heap on its own); ``clear()`` O(n);
+    ``purge_expired`` O(k log n) for k expired entries, plus O(log n) for each
+    overwritten entry whose kept, earlier deadline has passed (see ``ExpiryQueue``).
+    On top, amortised: the key index moves O(n / MAX_SUBLIST) sublist records when a
+    sublist splits or empties. Expired entries are removed lazily when read, a few at
+    a time on each write (``PURGE_BUDGET``) and all at once by ``purge_expired``.
     """
 
     cdef dict entries
@@ -1296,7 +1303,11 @@ cdef class LocalCore:
         return removed
 
     def purge_expired(self):
-        """Remove every expired entry now; returns how many. O(k log n)."""
+        """Remove every expired entry now; returns how many.
+
+        O(k log n) for k expired entries, plus O(log n) for each overwritten entry whose
+        kept, earlier deadline has passed.
+        """
         cdef Dropped dropped
         dropped_init(&dropped)
         cdef double now = self.begin()
@@ -1310,8 +1321,8 @@ cdef class LocalCore:
         return len(self.entries)
 
     def counters(self):
-        """(gets, hits, misses, sets, deletes, expired, evictions, entries held)."""
-        return (
+        """What the core has done to entries, and how many it holds."""
+        return CoreCounters(
             self.gets,
             self.hits,
             self.misses,
@@ -1323,10 +1334,8 @@ cdef class LocalCore:
         )
 
     def operations(self):
-        """Calls by outcome: get hit/miss, set, delete hit/miss, exists hit/miss, clear,
-        get_many, set_many, delete_many (the order of ``OPERATION_COUNTERS``; scans are
-        counted by the store, when they end)."""
-        return tuple([self.ops[i] for i in range(N_OPS)])
+        """Calls by outcome (scans and failed calls are counted by the store)."""
+        return CoreOperations(*[self.ops[i] for i in range(N_OPS)])
 
     def _heap_size(self):
         """Items in the expiry heap: one per expiring entry, never a stale one."""

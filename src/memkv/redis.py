@@ -30,8 +30,9 @@ except ImportError as err:  # pragma: no cover - exercised without the extra
         f'RedisMemoryStore needs the redis extra: pip install "memkv[redis]" ({err})'
     ) from err
 
-from memkv._core import MemoryEntry, make_entry
+from memkv._core import make_entry
 from memkv.codecs import CODEC_IDS, Codec, codec_id, codec_name, encode_value, resolve_codec
+from memkv.entry import MemoryEntry
 from memkv.errors import (
     AccessDeniedError,
     BackendError,

@@ -8,7 +8,7 @@ from datetime import timedelta
 from types import MappingProxyType, TracebackType
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from memkv._core import MemoryEntry
+from memkv.entry import MemoryEntry
 from memkv.latency import LatencyHistogram, LatencySnapshot, timed_call, timed_scan
 from memkv.validation import check_items, check_keys, check_metadata, check_prefix, ttl_seconds
 

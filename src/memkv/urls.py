@@ -17,7 +17,8 @@ REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+cluster", "rediss+c
 def open_store(url: str) -> MemoryStore[Any]:
     """Open the store a URL describes.
 
-    - ``memory://?max_entries=N`` — a ``LocalMemoryStore``;
+    - ``memory://?max_entries=N&core=python`` — a ``LocalMemoryStore`` (``core``:
+      ``cython`` or ``python``; the one in use when absent);
     - ``redis://[user:password@]host:port/db?namespace=NAME&codec=json``, ``rediss://…``
       (TLS), ``unix:///path/to/redis.sock?…`` and ``redis+cluster://host:port?…`` — a
       ``RedisMemoryStore`` (needs ``pip install "memkv[redis]"``).
@@ -48,7 +49,11 @@ def _open_memory(url: str) -> MemoryStore[Any]:
     if parts.netloc or parts.path not in ("", "/"):
         raise InvalidArgumentError("memory:// takes no host or path")
     max_entries: int | None = None
+    core: str | None = None
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name == "core":
+            core = value
+            continue
         if name != "max_entries":
             raise InvalidArgumentError(f"unknown memory:// parameter {name!r}")
         try:
@@ -59,4 +64,4 @@ def _open_memory(url: str) -> MemoryStore[Any]:
             ) from None
         if max_entries < 1:
             raise InvalidArgumentError(f"max_entries must be a positive integer, got {value!r}")
-    return LocalMemoryStore(max_entries)
+    return LocalMemoryStore(max_entries, core=core)
