@@ -316,3 +316,56 @@ async def test_stats_read_the_core_counters_by_name(clock: FakeClock, core: str)
     assert (stats.gets, stats.hits, stats.sets, stats.deletes, stats.evictions) == (1, 1, 2, 1, 1)
     assert stats.operations["exists", "miss"] == store._core.operations().exists_miss == 1
     assert stats.operations["set", "ok"] == 2
+
+
+class Held:
+    """A value whose release a weak reference can observe."""
+
+
+@pytest.mark.parametrize(
+    ("items", "ttl", "metadata"),
+    [
+        (lambda v: [("a", v[0]), ("b", v[1]), (3, v[2])], None, None),
+        (lambda v: [("a", v[0]), ("b", v[1]), ("c",)], None, None),
+        (lambda v: {"a": v[0], "b": v[1], 3: v[2]}, None, None),
+        (lambda v: iter([("a", v[0]), ("b", v[1]), "c"]), None, None),
+        (lambda v: {"a": v[0], "b": v[1], "c": v[2]}, -1, None),
+        (lambda v: [("a", v[0]), ("b", v[1]), ("c", v[2])], 5, {1: "not a str key"}),
+    ],
+)
+async def test_refused_set_many_writes_nothing_and_keeps_nothing(
+    core: str, items: Any, ttl: Any, metadata: Any
+) -> None:
+    store = local_store(core)
+    await store.set("kept", 1)
+    values = [Held(), Held(), Held()]
+    released = [weakref.ref(value) for value in values]
+    with pytest.raises(MemKVError):
+        await store.set_many(items(values), ttl, metadata)
+    del values
+    gc.collect()
+    assert [ref() for ref in released] == [None, None, None]
+    assert [key async for key in store.scan()] == ["kept"]
+    assert store.stats().operations["set_many", "error"] == 1
+    store._core._check()
+
+
+async def test_set_many_accepts_every_shape_of_input_alike(core: str) -> None:
+    class Pairs:
+        def __iter__(self) -> Any:
+            return iter([("g", 7), ("h", 8)])
+
+    store = local_store(core)
+    await store.set_many({"a": 1, "b": 2})
+    await store.set_many([("c", 3), ("d", 4)], ttl=60, metadata={"m": 1})
+    await store.set_many((("e", 5),))
+    await store.set_many(iter([("f", 6)]))
+    await store.set_many(Pairs())
+    entries = await store.get_many(list("abcdefgh"))
+    assert [entry.value for entry in entries if entry is not None] == [1, 2, 3, 4, 5, 6, 7, 8]
+    c, d = entries[2:4]
+    assert c is not None
+    assert d is not None
+    assert c.metadata == d.metadata == {"m": 1}
+    assert c.metadata is not d.metadata  # each entry its own copy
+    store._core._check()

@@ -47,11 +47,12 @@ from memkv.entry import MemoryEntry as AnyCoreEntry
 from memkv.errors import InvalidTTLError, ReentrantCallError
 from memkv.validation import (
     MAX_TTL_SECONDS,
-    check_items,
     check_key,
     check_keys,
     check_metadata,
+    check_pair,
     check_prefix,
+    item_pairs,
     ttl_seconds,
 )
 
@@ -361,6 +362,66 @@ def make_entry(key, value, metadata, double created, double updated, expires):
     return entry
 
 
+# -- entries made ahead of a batch write ----------------------------------------------
+
+cdef struct Chain:
+    # Entries not yet stored, each holding one reference owned by the chain, linked
+    # through their ``lru_next`` (unused until an entry is stored). A batch of a million
+    # needs no list of a million pointers, nor pairs, to be freed after the write: such
+    # temporaries, freed among the long-lived entries, fragment the heap.
+    PyObject* head
+    PyObject* tail
+    Py_ssize_t size
+
+
+cdef inline void chain_init(Chain* chain) noexcept:
+    chain.head = NULL
+    chain.tail = NULL
+    chain.size = 0
+
+
+cdef inline void chain_add(Chain* chain, MemoryEntry entry) noexcept:
+    incref(<PyObject*>entry)
+    if chain.tail == NULL:
+        chain.head = <PyObject*>entry
+    else:
+        (<MemoryEntry>chain.tail).lru_next = <PyObject*>entry
+    chain.tail = <PyObject*>entry
+    chain.size += 1
+
+
+cdef void chain_release(Chain* chain) noexcept:
+    """Drop the entries left in ``chain``; may run Python code (their values' ``__del__``)."""
+    cdef PyObject* node = chain.head
+    cdef PyObject* following
+    chain.head = NULL
+    chain.tail = NULL
+    while node != NULL:
+        following = (<MemoryEntry>node).lru_next
+        (<MemoryEntry>node).lru_next = NULL
+        decref(node)
+        node = following
+
+
+cdef inline MemoryEntry checked_entry(object key, object value):
+    return new_entry(exact_key(key), value, None)
+
+
+cdef int make_entries(object items, Chain* made) except -1:
+    """An entry for every pair of ``set_many``'s ``items``, validated as ``check_items`` does."""
+    if type(items) is dict:
+        for key, value in (<dict>items).items():
+            chain_add(made, checked_entry(key, value))
+        return 0
+    for pair in item_pairs(items):
+        if type(pair) is tuple and len(<tuple>pair) == 2:
+            chain_add(made, checked_entry((<tuple>pair)[0], (<tuple>pair)[1]))
+        else:
+            key, value = check_pair(pair)
+            chain_add(made, checked_entry(key, value))
+    return 0
+
+
 # -- KeyIndex -----------------------------------------------------------------------
 
 cdef struct SubList:
@@ -389,6 +450,20 @@ cdef inline Py_ssize_t sublist_bisect_right(SubList* sub, PyObject* key) noexcep
         else:
             lo = mid + 1
     return lo
+
+
+cdef inline Py_ssize_t sublist_growth(Py_ssize_t capacity) noexcept:
+    """The next capacity of a full sublist: doubling while small, then by half, at most
+    ``MAX_SUBLIST`` (it splits on reaching that size)."""
+    if capacity == 0:
+        return 16
+    capacity = 2 * capacity if capacity < 128 else capacity + (capacity >> 1)
+    return MAX_SUBLIST if capacity > MAX_SUBLIST else capacity
+
+
+cdef inline Py_ssize_t split_capacity(Py_ssize_t size) noexcept:
+    """The capacity of a sublist of ``size`` keys made by a split: an eighth to spare."""
+    return size + (size >> 3)
 
 
 @cython.final
@@ -490,7 +565,7 @@ cdef class KeyIndex:
                 i -= 1
         sub = &self.lists[i]
         if sub.size == sub.capacity:
-            capacity = 2 * sub.capacity if sub.capacity else 16
+            capacity = sublist_growth(sub.capacity)
             keys = <PyObject**>PyMem_Realloc(sub.keys, capacity * sizeof(PyObject*))
             if keys == NULL:
                 raise MemoryError()
@@ -520,7 +595,7 @@ cdef class KeyIndex:
         lower = &self.lists[i]
         half = lower.size >> 1
         count = lower.size - half
-        keys = <PyObject**>PyMem_Malloc(MAX_SUBLIST * sizeof(PyObject*))
+        keys = <PyObject**>PyMem_Malloc(split_capacity(count) * sizeof(PyObject*))
         if keys == NULL:
             self.remove_list(i + 1)
             return
@@ -528,8 +603,14 @@ cdef class KeyIndex:
         memmove(keys, &lower.keys[half], count * sizeof(PyObject*))
         upper.keys = keys
         upper.size = count
-        upper.capacity = MAX_SUBLIST
+        upper.capacity = split_capacity(count)
         lower.size = half
+        # Keys written in order never land in the lower half again: give back the room
+        # it no longer needs (if shrinking fails, it keeps that room).
+        keys = <PyObject**>PyMem_Realloc(lower.keys, split_capacity(half) * sizeof(PyObject*))
+        if keys != NULL:
+            lower.keys = keys
+            lower.capacity = split_capacity(half)
         self.maxes[i] = lower.keys[half - 1]
         self.maxes[i + 1] = upper.keys[count - 1]
 
@@ -1150,29 +1231,58 @@ cdef class LocalCore:
 
     def set_many(self, items, ttl=None, metadata=None):
         """Store every pair of ``items``; all are validated before any is written."""
-        pairs = check_items(items)
-        cdef object seconds_obj = ttl_seconds(ttl)
-        cdef double seconds = INFINITY if seconds_obj is None else seconds_obj
-        checked = check_metadata(metadata)
-        cdef list made = [
-            new_entry(key, value, None if checked is None else dict(checked))
-            for key, value in pairs
-        ]
-        for entry in made:
-            memkv_ready(<PyObject*>(<MemoryEntry>entry).c_key)
-        cdef Py_ssize_t budget = C_PURGE_BUDGET * max(1, len(made))
+        cdef Chain made
+        chain_init(&made)
+        cdef PyObject* node
+        cdef PyObject* current = NULL
+        cdef MemoryEntry entry
+        cdef double seconds
         cdef Dropped dropped
         dropped_init(&dropped)
-        cdef double now = self.begin()
         try:
-            for entry in made:
-                (<MemoryEntry>entry).c_expires = now + seconds
-                self.store(<MemoryEntry>entry, now, &dropped)
+            make_entries(items, &made)
+            seconds_obj = ttl_seconds(ttl)
+            seconds = INFINITY if seconds_obj is None else seconds_obj
+            checked = check_metadata(metadata)
+            if checked is not None:
+                node = made.head
+                while node != NULL:
+                    entry = <MemoryEntry>node
+                    entry.c_metadata = dict(checked)
+                    entry.track()
+                    node = entry.lru_next
+        except BaseException:
+            chain_release(&made)
+            raise
+        cdef Py_ssize_t budget = C_PURGE_BUDGET * max(1, made.size)
+        cdef double now
+        try:
+            now = self.begin()
+        except BaseException:
+            chain_release(&made)
+            raise
+        try:
+            while made.head != NULL:
+                current = made.head
+                made.head = (<MemoryEntry>current).lru_next
+                (<MemoryEntry>current).lru_next = NULL
+                (<MemoryEntry>current).c_expires = now + seconds
+                self.store(<MemoryEntry>current, now, &dropped)
+                # The chain's reference: the store holds its own when it kept the entry
+                # (so no dealloc here); one merged into an old entry is released later.
+                if Py_REFCNT(current) > 1:
+                    decref(current)
+                else:
+                    dropped_add(&dropped, current)
+                current = NULL
             self.purge(now, budget, &dropped)
             self.ops[OP_SET_MANY] += 1
         finally:
             self.end()
+            if current != NULL:
+                dropped_add(&dropped, current)
             dropped_release(&dropped)
+            chain_release(&made)
 
     def delete_many(self, keys):
         """Remove ``keys``; returns how many live entries were removed."""

@@ -329,14 +329,13 @@ class LocalCore:
         self,
         key: str,
         value: Any,
-        seconds: float | None,
+        expires: float | None,
         metadata: dict[str, Any] | None,
         now: float,
         dead: list[MemoryEntry[Any]],
     ) -> None:
         entries = self._entries
         old = self._lookup(key, now, dead)
-        expires = None if seconds is None else now + seconds
         if old is None:
             if self._lru and len(entries) >= self._max_entries:  # type: ignore[operator]
                 self._make_room(now, dead)
@@ -396,7 +395,8 @@ class LocalCore:
         dead: list[MemoryEntry[Any]] = []
         with self._exclusive:
             now = self.now()
-            self._store(key, value, seconds, checked, now, dead)
+            expires = None if seconds is None else now + seconds
+            self._store(key, value, expires, checked, now, dead)
             self._purge(now, PURGE_BUDGET, dead)
             self._ops[_SET] += 1
 
@@ -438,9 +438,11 @@ class LocalCore:
         dead: list[MemoryEntry[Any]] = []
         with self._exclusive:
             now = self.now()
+            # One float for the whole batch: a million entries share it (and ``now``).
+            expires = None if seconds is None else now + seconds
             for key, value in pairs:
                 copy = None if checked is None else dict(checked)
-                self._store(key, value, seconds, copy, now, dead)
+                self._store(key, value, expires, copy, now, dead)
             self._purge(now, PURGE_BUDGET * max(1, len(pairs)), dead)
             self._ops[_SET_MANY] += 1
 
