@@ -112,6 +112,9 @@ def item_pairs(items: object) -> Iterable[Any]:
 
 def check_pair(pair: object) -> tuple[str, Any]:
     """One ``(key, value)`` pair of ``set_many`` input, its key checked."""
+    if type(pair) is tuple and len(pair) == 2 and type(pair[0]) is str:
+        # Already what is returned: a batch of a million needs no second million tuples.
+        return pair
     if not isinstance(pair, tuple) or len(pair) != 2:
         raise InvalidKeyError(f"items must be (key, value) pairs, got {type(pair).__name__}")
     return check_key(pair[0]), pair[1]
