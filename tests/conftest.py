@@ -7,6 +7,7 @@ a Redis Cluster. ``local_harness`` runs only the two local cores.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,10 +45,18 @@ def core_module(name: str) -> Any:
     return importlib.import_module("memkv._core_c")
 
 
-def local_store(core: str, **options: Any) -> LocalMemoryStore[Any]:
-    """A ``LocalMemoryStore`` on the named core; skips cython without extensions."""
+@functools.cache
+def local_store_type(core: str) -> type[LocalMemoryStore[Any]]:
+    """``LocalMemoryStore`` on the named core (``core=`` bound); skips cython without
+    extensions. A class, so that tests may subclass it."""
     core_module(core)
-    return LocalMemoryStore(core=core, **options)
+
+    class OnCore(LocalMemoryStore[Any]):
+        def __init__(self, max_entries: int | None = None, **options: Any) -> None:
+            super().__init__(max_entries, core=core, **options)
+
+    OnCore.__name__ = OnCore.__qualname__ = f"LocalMemoryStore_{core}"
+    return OnCore
 
 
 @dataclass
@@ -70,10 +79,11 @@ REDIS_KINDS = ["redis", "redis-cluster"]
 
 async def _local_harness(kind: str) -> StoreHarness:
     core = kind.removeprefix("local-")
+    store_type = local_store_type(core)
     clock = FakeClock()
 
     async def make(**options: Any) -> MemoryStore[Any]:
-        return local_store(core, clock=clock, **options)
+        return store_type(clock=clock, **options)
 
     async def advance(seconds: float) -> None:
         clock.tick(seconds)

@@ -42,7 +42,7 @@ from memkv.errors import (
 from memkv.integrations.langchain import MemkvByteStore, MemkvStore
 from memkv.store import TTL
 from memkv.validation import check_key, check_prefix, ttl_seconds
-from tests.conftest import FakeClock, core_module, local_store
+from tests.conftest import FakeClock, local_store_type
 from tests.redis_servers import RedisServer, unique_namespace
 
 KINDS = ["local-python", "local-cython", "redis", "redis-cluster"]
@@ -76,7 +76,7 @@ def no_leaked_worker_threads() -> Iterator[None]:
 def make_store(request: pytest.FixtureRequest, kind: str, **options: Any) -> MemoryStore[Any]:
     """An empty store of ``kind`` (Redis: in a fresh namespace)."""
     if kind.startswith("local-"):
-        store: MemoryStore[Any] = local_store(kind.removeprefix("local-"), **options)
+        store: MemoryStore[Any] = local_store_type(kind.removeprefix("local-"))(**options)
         return store
     url = request.getfixturevalue("redis_url" if kind == "redis" else "cluster_url")
     return RedisMemoryStore(url, namespace=unique_namespace(), **options)
@@ -296,7 +296,7 @@ def test_import_without_langchain_core_names_the_extra(monkeypatch: pytest.Monke
 
 
 def test_ttl_expires_sync_writes_on_the_injected_clock(core: str, clock: FakeClock) -> None:
-    store = local_store(core, clock=clock)
+    store = local_store_type(core)(clock=clock)
     with MemkvStore(store, ttl=timedelta(seconds=30)) as adapter:
         adapter.mset([("a", 1), ("b", 2)])
         clock.tick(29.9)
@@ -307,7 +307,7 @@ def test_ttl_expires_sync_writes_on_the_injected_clock(core: str, clock: FakeClo
 
 
 async def test_ttl_expires_async_writes_on_the_injected_clock(core: str, clock: FakeClock) -> None:
-    store = local_store(core, clock=clock)
+    store = local_store_type(core)(clock=clock)
     async with MemkvByteStore(store, ttl=5) as adapter:
         await adapter.amset([("a", b"1")])
         clock.tick(4)
@@ -320,7 +320,7 @@ async def test_ttl_expires_async_writes_on_the_injected_clock(core: str, clock: 
 
 
 async def test_ttl_and_metadata_are_written_on_every_entry(core: str, clock: FakeClock) -> None:
-    store = local_store(core, clock=clock)
+    store = local_store_type(core)(clock=clock)
     metadata = {"source": "langchain"}
     async with MemkvStore(store, ttl=60, metadata=metadata) as adapter:
         metadata["source"] = "changed later"  # the adapter keeps its own copy
@@ -483,7 +483,7 @@ async def test_byte_store_refuses_a_non_bytes_value_from_async_calls(
 
 
 def test_byte_store_refuses_to_read_a_value_that_is_not_bytes(core: str) -> None:
-    store = local_store(core)
+    store = local_store_type(core)()
     with MemkvStore(store) as writer, MemkvByteStore(store) as reader:
         writer.mset([("text", "not bytes"), ("raw", b"bytes")])
         assert reader.mget(["raw"]) == [b"bytes"]
@@ -536,7 +536,7 @@ async def test_sync_calls_work_inside_a_running_loop(memory_store: MemoryStore[A
 
 
 async def test_a_local_store_needs_no_worker_thread_sync_or_async(core: str) -> None:
-    async with MemkvStore(local_store(core)) as adapter:
+    async with MemkvStore(local_store_type(core)()) as adapter:
         await adapter.amset([("a", 1)])
         assert await adapter.amget(["a"]) == [1]
         assert [key async for key in adapter.ayield_keys()] == ["a"]
@@ -555,15 +555,13 @@ async def test_a_local_store_needs_no_worker_thread_sync_or_async(core: str) -> 
 def test_a_local_store_subclass_with_its_own_operations_runs_on_the_worker(core: str) -> None:
     threads: list[str] = []
 
-    core_module(core)
-
-    class Remote(LocalMemoryStore[Any]):
+    class Remote(local_store_type(core)):  # type: ignore[misc]
         async def get_many(self, keys: Any) -> Any:
             threads.append(threading.current_thread().name)
             await asyncio.sleep(0.001)  # waits on a future: needs a real event loop
             return await super().get_many(keys)
 
-    with MemkvStore(Remote(core=core)) as adapter:
+    with MemkvStore(Remote()) as adapter:
         adapter.mset([("a", 1)])
         assert adapter.mget(["a"]) == [1]
         (worker,) = worker_threads()

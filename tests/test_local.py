@@ -16,7 +16,7 @@ import memkv
 from memkv import LocalMemoryStore, open_store
 from memkv.errors import InvalidArgumentError, MemKVError
 from memkv.store import StoreStats
-from tests.conftest import FakeClock, StoreHarness, core_module, local_store
+from tests.conftest import FakeClock, StoreHarness, core_module, local_store_type
 
 
 def check(harness: StoreHarness) -> None:
@@ -60,7 +60,7 @@ async def test_expires_at_is_wall_clock_time_computed_from_the_clock(
 
 
 async def test_max_entries_evicts_least_recently_used(clock: FakeClock, core: str) -> None:
-    store = local_store(core, max_entries=3, clock=clock)
+    store = local_store_type(core)(max_entries=3, clock=clock)
     await store.set_many({"a": 1, "b": 2, "c": 3})
     await store.get("a")  # a is now the most recently used; b is the oldest
     await store.set("d", 4)
@@ -72,7 +72,7 @@ async def test_max_entries_evicts_least_recently_used(clock: FakeClock, core: st
 async def test_lru_uses_are_get_get_many_and_set_not_exists_or_scan(
     clock: FakeClock, core: str
 ) -> None:
-    store = local_store(core, max_entries=3, clock=clock)
+    store = local_store_type(core)(max_entries=3, clock=clock)
     await store.set_many({"a": 1, "b": 2, "c": 3})
     await store.exists("a")
     [k async for k in store.scan()]
@@ -88,7 +88,7 @@ async def test_lru_uses_are_get_get_many_and_set_not_exists_or_scan(
 async def test_max_entries_drops_expired_entries_before_live_ones(
     clock: FakeClock, core: str
 ) -> None:
-    store = local_store(core, max_entries=3, clock=clock)
+    store = local_store_type(core)(max_entries=3, clock=clock)
     await store.set("old", 1)
     await store.set("dying", 2, ttl=5)
     await store.set("young", 3)
@@ -102,7 +102,7 @@ async def test_max_entries_drops_expired_entries_before_live_ones(
 
 
 async def test_overwrite_at_capacity_evicts_nothing(clock: FakeClock, core: str) -> None:
-    store = local_store(core, max_entries=2, clock=clock)
+    store = local_store_type(core)(max_entries=2, clock=clock)
     await store.set_many({"a": 1, "b": 2})
     await store.set("a", 10)
     assert len(store) == 2
@@ -112,16 +112,16 @@ async def test_overwrite_at_capacity_evicts_nothing(clock: FakeClock, core: str)
 @pytest.mark.parametrize("bad", [0, -5])
 def test_max_entries_must_be_positive(core: str, bad: int) -> None:
     with pytest.raises(ValueError, match="max_entries"):
-        local_store(core, max_entries=bad)
+        local_store_type(core)(max_entries=bad)
 
 
 def test_max_entries_must_be_an_int(core: str) -> None:
     with pytest.raises(TypeError, match="max_entries"):
-        local_store(core, max_entries="10")  # type: ignore[arg-type]
+        local_store_type(core)(max_entries="10")  # type: ignore[arg-type]
 
 
 async def test_purge_expired_and_len(clock: FakeClock, core: str) -> None:
-    store = local_store(core, clock=clock)
+    store = local_store_type(core)(clock=clock)
     await store.set_many({f"t{i}": i for i in range(50)}, ttl=5)
     await store.set_many({f"p{i}": i for i in range(10)})
     assert len(store) == 60
@@ -134,7 +134,7 @@ async def test_purge_expired_and_len(clock: FakeClock, core: str) -> None:
 
 
 async def test_len_purges_expired_entries_first(clock: FakeClock, core: str) -> None:
-    store = local_store(core, clock=clock)
+    store = local_store_type(core)(clock=clock)
     await store.set("a", 1, ttl=1)
     await store.set("b", 2)
     clock.tick(2)
@@ -146,7 +146,7 @@ async def test_writes_purge_a_bounded_number_of_expired_entries(
     clock: FakeClock, core: str
 ) -> None:
     module = core_module(core)
-    store = local_store(core, clock=clock)
+    store = local_store_type(core)(clock=clock)
     await store.set_many({f"k{i}": i for i in range(5_000)}, ttl=1)
     clock.tick(2)
     await store.set("trigger", 0)
@@ -162,7 +162,7 @@ async def test_writes_purge_a_bounded_number_of_expired_entries(
 
 async def test_rewriting_one_key_keeps_the_heap_small(clock: FakeClock, core: str) -> None:
     module = core_module(core)
-    store = local_store(core, clock=clock)
+    store = local_store_type(core)(clock=clock)
     for i in range(20_000):
         await store.set("hot", i, ttl=60)
         clock.tick(0.0001)
@@ -174,7 +174,7 @@ async def test_dropped_values_are_released(clock: FakeClock, core: str) -> None:
     class Value:
         pass
 
-    store = local_store(core, clock=clock)
+    store = local_store_type(core)(clock=clock)
     refs: list[weakref.ref[Any]] = []
     for name in ("deleted", "overwritten", "expired", "cleared"):
         value = Value()
@@ -254,9 +254,14 @@ def test_core_init_runs_only_once(core: str) -> None:
 
 
 def test_core_argument_runs_the_store_on_the_named_core(core: str) -> None:
-    store = local_store(core)
+    engine = core_module(core).LocalCore
+    store = LocalMemoryStore[int](core=core)
     assert store.core == core
-    assert type(store._core) is core_module(core).LocalCore
+    assert type(store._core) is engine
+    other = "python" if core == "cython" else "cython"
+    if other == memkv.IMPLEMENTATION:
+        # Both cores in one process, each store on its own.
+        assert LocalMemoryStore[int](core=other).core == other
 
 
 def test_core_none_is_the_implementation_in_use() -> None:
@@ -303,7 +308,7 @@ def test_memory_url_chooses_the_core(core: str) -> None:
 
 
 async def test_stats_read_the_core_counters_by_name(clock: FakeClock, core: str) -> None:
-    store = local_store(core, max_entries=1, clock=clock)
+    store = local_store_type(core)(max_entries=1, clock=clock)
     await store.set("a", 1, ttl=5)
     await store.get("a")
     await store.exists("b")
@@ -336,7 +341,7 @@ class Held:
 async def test_refused_set_many_writes_nothing_and_keeps_nothing(
     core: str, items: Any, ttl: Any, metadata: Any
 ) -> None:
-    store = local_store(core)
+    store = local_store_type(core)()
     await store.set("kept", 1)
     values = [Held(), Held(), Held()]
     released = [weakref.ref(value) for value in values]
@@ -355,7 +360,7 @@ async def test_set_many_accepts_every_shape_of_input_alike(core: str) -> None:
         def __iter__(self) -> Any:
             return iter([("g", 7), ("h", 8)])
 
-    store = local_store(core)
+    store = local_store_type(core)()
     await store.set_many({"a": 1, "b": 2})
     await store.set_many([("c", 3), ("d", 4)], ttl=60, metadata={"m": 1})
     await store.set_many((("e", 5),))

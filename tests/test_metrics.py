@@ -38,7 +38,7 @@ from memkv.latency import BUCKETS, LatencyHistogram
 from memkv.metrics.otel import instrument
 from memkv.metrics.prometheus import StoreCollector
 from memkv.store import OPERATIONS, TTL
-from tests.conftest import local_store
+from tests.conftest import local_store_type
 
 pytestmark = pytest.mark.redis
 
@@ -440,7 +440,7 @@ class FailingClock:
 
 
 async def test_a_scan_that_fails_after_its_first_batch_counts_once(core: str) -> None:
-    store = local_store(core, clock=(clock := FailingClock(fail_at=10**9)))
+    store = local_store_type(core)(clock=(clock := FailingClock(fail_at=10**9)))
     await store.set_many({f"k{i:03}": i for i in range(30)})
     clock.fail_at = clock.reads + 2  # the first batch reads it once, the second fails
     with pytest.raises(OSError, match="clock gone"):
@@ -455,7 +455,7 @@ async def test_a_scan_that_fails_after_its_first_batch_counts_once(core: str) ->
 
 async def test_a_failing_first_scan_batch_counts_only_an_error(core: str) -> None:
     clock = FailingClock(fail_at=10**9)
-    store = local_store(core, clock=clock)
+    store = local_store_type(core)(clock=clock)
     clock.fail_at = clock.reads + 1
     with pytest.raises(OSError, match="clock gone"):
         [key async for key in store.scan()]
@@ -519,7 +519,7 @@ async def test_a_timed_call_cancelled_before_it_starts_leaves_no_unawaited_corou
 
 
 async def test_a_scan_counts_when_it_ends_and_counts_never_go_down(core: str) -> None:
-    store = local_store(core)
+    store = local_store_type(core)()
     await store.set_many({f"k{i:03}": i for i in range(30)})
     scan = store.scan("k", batch_size=10)
     assert await anext(scan) == "k000"  # type: ignore[call-overload]
