@@ -1,7 +1,7 @@
 """The workload behind ``memkv bench``: calls per second and latency per operation.
 
 Each store is preloaded with ``keys`` entries (each with a one-hour TTL), then every
-operation in ``OPERATIONS`` is timed twice over the same calls: once in a tight loop for
+operation in ``WORKLOAD`` is timed twice over the same calls: once in a tight loop for
 throughput, once call by call for the p50/p99 latency. ``bench_report`` turns the results
 into the documented ``--json`` document (``BenchReport``).
 """
@@ -22,12 +22,12 @@ from memkv.store import MemoryStore
 
 __all__ = [
     "BASELINE",
-    "BASELINE_OPERATIONS",
+    "BASELINE_WORKLOAD",
     "LOCAL_CYTHON",
     "LOCAL_PYTHON",
-    "OPERATIONS",
     "REDIS",
     "SCHEMA_VERSION",
+    "WORKLOAD",
     "BenchReport",
     "BenchResult",
     "DictBaseline",
@@ -64,7 +64,7 @@ class Operation:
 
 
 #: Measured in this order on every store: reads first, so they see the preloaded state.
-OPERATIONS: tuple[Operation, ...] = (
+WORKLOAD: tuple[Operation, ...] = (
     Operation("get_hit", "get hit", 1),
     Operation("get_miss", "get miss", 1),
     Operation("exists", "exists", 1),
@@ -74,9 +74,9 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("set_ttl", "set (ttl)", 1),
 )
 #: The operations a bare dict can do as well (no TTL, no ordered prefix scan).
-BASELINE_OPERATIONS: tuple[Operation, ...] = tuple(
+BASELINE_WORKLOAD: tuple[Operation, ...] = tuple(
     operation
-    for operation in OPERATIONS
+    for operation in WORKLOAD
     if operation.name in ("get_hit", "get_miss", "exists", "get_many", "set")
 )
 
@@ -135,7 +135,7 @@ class BenchReport(TypedDict):
     - ``redis``: a description of the Redis store benchmarked (never its password), or null;
     - ``results``: one ``ResultRow`` per (store, operation), stores in the order
       ``baseline``, ``local-cython``, ``local-python``, ``redis`` (those that ran) and
-      operations in ``OPERATIONS`` order;
+      operations in ``WORKLOAD`` order;
     - ``speedup``: operation name → Cython core ``ops_per_second`` ÷ pure-Python core
       ``ops_per_second``; empty unless both local cores ran.
     """
@@ -181,12 +181,12 @@ def calls_for(operation: Operation, calls: int) -> int:
 
 def planned_calls(calls: int) -> int:
     """Calls ``run_store_benchmark(..., calls=calls)`` reports to ``progress`` in all."""
-    return sum(calls_for(operation, calls) for operation in OPERATIONS)
+    return sum(calls_for(operation, calls) for operation in WORKLOAD)
 
 
 def baseline_calls(calls: int) -> int:
     """Calls ``run_baseline(..., calls=calls)`` reports to ``progress`` in all."""
-    return sum(calls_for(operation, calls) for operation in BASELINE_OPERATIONS)
+    return sum(calls_for(operation, calls) for operation in BASELINE_WORKLOAD)
 
 
 @dataclass(frozen=True)
@@ -291,7 +291,7 @@ async def run_store_benchmark(
     key_prefix: str = "bench:",
     progress: Progress = _no_progress,
 ) -> list[BenchResult]:
-    """Preload ``store`` with ``keys`` entries, then measure every operation of ``OPERATIONS``.
+    """Preload ``store`` with ``keys`` entries, then measure every operation of ``WORKLOAD``.
 
     Single-key operations run ``calls`` times, batch ones ``calls // 100`` times (see
     ``calls_for``). Every key starts with ``key_prefix``; the entries under it are
@@ -308,7 +308,7 @@ async def run_store_benchmark(
             await store.set_many(dict.fromkeys(chunk, work.value), ttl=ttl)
         calls_by_name = _store_calls(store, work, ttl)
         results = []
-        for operation in OPERATIONS:
+        for operation in WORKLOAD:
             call = calls_by_name[operation.name]
             count = calls_for(operation, calls)
             results.append(await _measure(store_name, operation, call, count, keys, progress))
@@ -321,7 +321,7 @@ async def run_store_benchmark(
 async def run_baseline(
     *, keys: int, calls: int, progress: Progress = _no_progress
 ) -> list[BenchResult]:
-    """Measure ``BASELINE_OPERATIONS`` on a ``DictBaseline`` of ``keys`` entries."""
+    """Measure ``BASELINE_WORKLOAD`` on a ``DictBaseline`` of ``keys`` entries."""
     if keys < BATCH:
         raise ValueError(f"keys must be at least {BATCH}, got {keys}")
     baseline = DictBaseline()
@@ -337,7 +337,7 @@ async def run_baseline(
             keys,
             progress,
         )
-        for operation in BASELINE_OPERATIONS
+        for operation in BASELINE_WORKLOAD
     ]
 
 
