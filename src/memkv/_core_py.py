@@ -25,7 +25,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
-from typing import Any, Generic, NoReturn, SupportsIndex, TypeVar
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, SupportsIndex, TypeVar
 
 from sortedcontainers import SortedList
 
@@ -137,15 +138,17 @@ class MemoryEntry(Generic[T]):
             expires = expires_at.timestamp()
         _fill(self, key, value, checked, now, now, expires)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name != "value":
-            raise FrozenEntryError(
-                f"MemoryEntry.{name} cannot be set: only value may change after creation"
-            )
-        _set_value(self, value)
+    if not TYPE_CHECKING:  # declared, mypy would let any attribute be assigned
 
-    def __delattr__(self, name: str) -> None:
-        raise FrozenEntryError(f"MemoryEntry.{name} cannot be deleted")
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name != "value":
+                raise FrozenEntryError(
+                    f"MemoryEntry.{name} cannot be set: only value may change after creation"
+                )
+            _set_value(self, value)
+
+        def __delattr__(self, name: str) -> None:
+            raise FrozenEntryError(f"MemoryEntry.{name} cannot be deleted")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
@@ -328,14 +331,14 @@ class LocalCore:
         if not lock._is_owned():  # type: ignore[attr-defined]
             return
         # The frames above the operation that called us.
-        frame = sys._getframe(2)
+        frame: FrameType | None = sys._getframe(2)
         while frame is not None:
             if frame.f_code in _LOCKING_CODE and frame.f_locals.get("self") is self:
                 raise ReentrantCallError(
                     "the pure-Python memkv core was called from its injected clock or "
                     "from a finalizer that ran during one of its own operations"
                 )
-            frame = frame.f_back  # type: ignore[assignment]
+            frame = frame.f_back
         # Held by this thread, yet none of our operations runs on it: a trace function
         # raised as a ``with`` block ended, before the lock's release (CPython runs no
         # signal handler there). Release it; ``_begin`` repairs the structures.
