@@ -40,7 +40,12 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from memkv.errors import FrozenEntryError, MemKVError, ReentrantCallError
+from memkv.errors import (
+    FrozenEntryError,
+    InvalidArgumentError,
+    MemKVError,
+    ReentrantCallError,
+)
 from tests.conftest import FakeClock, core_module
 
 THIS_FILE = __file__
@@ -199,6 +204,21 @@ def test_a_clock_that_raises_changes_nothing(core: str, operation: str) -> None:
         OPERATIONS[operation](subject)
     clock.fail = False
     assert (subject.counters(), subject.operations()) == before
+    assert_core_works(subject)
+
+
+@pytest.mark.parametrize("reading", [float("nan"), float("inf"), float("-inf")])
+def test_a_clock_reading_that_is_not_finite_is_refused(core: str, reading: float) -> None:
+    clock = FakeClock()
+    subject = core_module(core).LocalCore(None, clock)
+    subject.set("k", "v", 5)
+    clock.now = reading
+    with pytest.raises(InvalidArgumentError):
+        subject.set("n", "v", 5)
+    with pytest.raises(InvalidArgumentError):
+        subject.get("k")
+    clock.now = 1000.0
+    assert [entry.key for entry in subject.get_many(["k", "n"]) if entry] == ["k"]
     assert_core_works(subject)
 
 
