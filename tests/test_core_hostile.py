@@ -29,6 +29,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
+import sortedcontainers
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -40,15 +41,23 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+import memkv
 from memkv.errors import (
     FrozenEntryError,
     InvalidArgumentError,
     MemKVError,
     ReentrantCallError,
 )
+from tests import conftest
 from tests.conftest import FakeClock, core_module
 
-THIS_FILE = __file__
+#: Where the code a core call runs lives: memkv, its sorted index, the fake clock. Other
+#: code that happens to run meanwhile (a GC callback of hypothesis) is not interrupted.
+TRACED = (
+    os.path.dirname(memkv.__file__),
+    os.path.dirname(sortedcontainers.__file__),
+    conftest.__file__,
+)
 FROZEN_ATTRIBUTES = [
     "key",
     "metadata",
@@ -75,15 +84,15 @@ class Injected(KeyboardInterrupt):
 def call_interrupted(call: Callable[[Any], Any], core: Any, event: int) -> bool:
     """Call ``call(core)``, raising ``Injected`` at its ``event``-th trace event.
 
-    Events of code in this file (the tests' own frames and finalizers) are not
-    counted. Returns whether the call finished before that event, so a caller knows
+    Only events of the code a core runs are counted (``TRACED``: not the tests' own
+    frames and finalizers). Returns whether the call finished before that event, so a caller knows
     when every point has been tried.
     """
     seen = 0
 
     def trace(frame: FrameType, what: str, arg: Any) -> Any:
         nonlocal seen
-        if frame.f_code.co_filename == THIS_FILE:
+        if not frame.f_code.co_filename.startswith(TRACED):
             return None
         seen += 1
         if seen == event:
