@@ -443,6 +443,15 @@ class HostileMachine(RuleBasedStateMachine):
         assert entry.value is value
         return entry
 
+    @rule(target=entries, key=KEYS, by_constructor=st.booleans())
+    def make_unstored(self, key: str, by_constructor: bool) -> Any:
+        module = core_module(self.core_name)
+        if by_constructor:
+            when = datetime(2030, 1, 1, tzinfo=timezone.utc)
+            return module.MemoryEntry(key, [key], expires_at=when, metadata={"m": 1})
+        now = self.now()
+        return module.make_entry(key, key, None, now, now, now + 1)
+
     @rule(items=st.dictionaries(KEYS, st.integers(), max_size=4), ttl=TTLS)
     def set_many(self, items: dict[str, int], ttl: float | None) -> None:
         self.core.set_many(items, ttl)
