@@ -36,6 +36,7 @@ from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
     consumes,
+    initialize,
     invariant,
     rule,
     run_state_machine_as_test,
@@ -412,8 +413,12 @@ class HostileMachine(RuleBasedStateMachine):
         super().__init__()
         type(self).examples += 1
         self.clock = FakeClock()
-        self.core = core_module(self.core_name).LocalCore(None, self.clock)
+        self.core: Any = None
         self.values: dict[str, tuple[Any, float | None]] = {}
+
+    @initialize(max_entries=st.sampled_from([None, 3]))
+    def make_core(self, max_entries: int | None) -> None:
+        self.core = core_module(self.core_name).LocalCore(max_entries, self.clock)
 
     def now(self) -> float:
         return self.clock.now
@@ -461,8 +466,8 @@ class HostileMachine(RuleBasedStateMachine):
     @rule(key=KEYS)
     def get(self, key: str) -> None:
         entry = self.core.get(key)
-        if key in self.values:
-            expected = self.live_value(key)
+        if key in self.values and (entry is not None or self.core.max_entries is None):
+            expected = self.live_value(key)  # (with max_entries, it may be evicted)
             assert (None if entry is None else entry.value) is expected
 
     @rule(keys=st.lists(KEYS, max_size=4))
@@ -524,7 +529,8 @@ class HostileMachine(RuleBasedStateMachine):
 
     @invariant()
     def consistent(self) -> None:
-        self.core._check()
+        if self.core is not None:
+            self.core._check()
 
 
 def run_hostile_machine(core_name: str, seconds: float) -> int:
