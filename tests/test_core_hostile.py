@@ -286,6 +286,37 @@ def test_reinitialising_a_stored_entry_is_refused_and_cannot_crash(core: str) ->
     assert result.stdout.split() == ["refused", "200"], result.stdout
 
 
+def test_initialising_a_core_that_holds_entries_is_refused(core: str) -> None:
+    # A Cython core made by __new__ works unbounded; an __init__ with max_entries
+    # after it had entries turned on an LRU list they were missing from (SIGSEGV).
+    script = textwrap.dedent(
+        f"""
+        from memkv import _core_{"c" if core == "cython" else "py"} as module
+
+        core = module.LocalCore.__new__(module.LocalCore)
+        try:
+            core.set("a", 1)
+            core.set("b", 2)
+        except AttributeError:
+            print("unusable")  # the pure-Python core before __init__
+        try:
+            core.__init__(1)
+        except RuntimeError:
+            print("refused")
+        else:
+            core.set("c", 3)
+            core._check()
+            print("initialised")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    expected = ["refused"] if core == "cython" else ["unusable", "initialised"]
+    assert result.stdout.split() == expected
+
+
 def test_a_second_init_is_refused_on_any_entry(core: str) -> None:
     module = core_module(core)
     made = module.MemoryEntry("k", "v", metadata={"a": 1})

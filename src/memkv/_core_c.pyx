@@ -803,8 +803,10 @@ cdef class LocalCore:
         self.heap = ExpiryQueue()
 
     def __init__(self, max_entries=None, clock=None):
-        if self.clock is not None:
-            raise RuntimeError("LocalCore.__init__ may run only once")
+        if self.clock is not None or PyDict_GET_SIZE(<PyObject*>self.entries):
+            # A core made by __new__ works unbounded; turning on LRU for the entries it
+            # holds would leave them out of the LRU list.
+            raise RuntimeError("LocalCore.__init__ may run only once, before any entry")
         if max_entries is not None:
             if type(max_entries) is not int:
                 raise TypeError(

@@ -8,10 +8,12 @@ when released (old entries and their values) are dropped only after the lock is
 released, so a value's ``__del__`` may call back into the store.
 
 An exception can arrive between any two bytecodes (a ``KeyboardInterrupt`` from a
-signal handler). The lock is a C lock taken by ``with``, so it is always released; an
-operation marks the core busy while it updates the structures, and the next operation
-that finds the mark left behind rebuilds the index and the heap from the entries dict
-(the one structure updated in single, atomic steps) before it starts.
+signal handler, or from a trace function). The lock is a C lock taken by ``with``, so
+an exception inside the block releases it; one raised by a trace function as the block
+ends can skip the release, and the next call on that thread tells this from re-entry
+and releases it. An operation marks the core busy while it updates the structures, and
+the next operation that finds the mark left behind rebuilds the index and the heap
+from the entries dict (the one structure updated in single, atomic steps) first.
 """
 
 from __future__ import annotations
