@@ -86,8 +86,8 @@ def call_interrupted(call: Callable[[Any], Any], core: Any, event: int) -> bool:
     """Call ``call(core)``, raising ``Injected`` at its ``event``-th trace event.
 
     Only events of the code a core runs are counted (``TRACED``: not the tests' own
-    frames and finalizers). Returns whether the call finished before that event, so a caller knows
-    when every point has been tried.
+    frames and finalizers). Returns whether the call finished before that event, so a
+    caller knows when every point has been tried.
     """
     seen = 0
 
@@ -192,7 +192,7 @@ def test_a_call_interrupted_at_any_point_leaves_the_core_working(
 
 
 class FailingClock(FakeClock):
-    """A fake clock that raises on the calls it is told to."""
+    """A fake clock that raises while ``fail`` is set."""
 
     fail = False
 
