@@ -24,6 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import memkv
 from memkv import open_store
 from memkv.errors import InvalidArgumentError
 from memkv.urls import parse_url
@@ -225,7 +226,8 @@ def test_the_command_line_never_prints_a_secret(command: str, index: int) -> Non
         "get": ["get", url, "key"],
         "bench": ["bench", "--keys", "100", "--ops", "100", "--core", "python", "--redis", url],
     }[command]
-    source = Path(__file__).resolve().parents[1] / "src"
+    # The memkv the tests import (the installed wheel in CI, src/ in a checkout).
+    source = Path(memkv.__file__).resolve().parents[1]
     done = subprocess.run(
         [sys.executable, "-m", "memkv", *args],
         capture_output=True,
