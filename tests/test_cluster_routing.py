@@ -1,0 +1,486 @@
+"""ClusterRouter on real clusters: slot routing, batches, resharding (ASK, MOVED), failover.
+
+The shared 3-primary cluster (``cluster_url``) serves the read-mostly tests; the tests
+that move slots or kill nodes start a private cluster and stop it afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio
+import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
+
+from memkv._cluster import ClusterRouter, NodeAddress, NodeConnection, slot_of
+from memkv.errors import BackendUnavailableError, InvalidArgumentError, InvalidKeyError
+from tests.redis_servers import CLUSTER_ARGS, RedisServer, start_cluster, unique_namespace
+
+pytestmark = pytest.mark.redis
+
+
+class ReplyError(Exception):
+    """An error reply, its text as the server sent it (``MOVED 3999 127.0.0.1:7002``)."""
+
+
+class RedisPyNode:
+    """A ``NodeConnection`` over redis-py's client to one node, replies left raw.
+
+    Stands in for ``memkv._transport.Connection`` until that branch is merged; the
+    router sees the same shapes (raw replies, error replies as exceptions with the
+    server's text).
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.client = redis.asyncio.Redis(
+            host=host, port=port, socket_timeout=1.0, socket_connect_timeout=0.5, retry=None
+        )
+        self.client.response_callbacks.clear()
+
+    @staticmethod
+    def _reply_error(err: redis.exceptions.ResponseError) -> ReplyError:
+        code = getattr(err, "status_code", None)
+        return ReplyError(f"{code} {err}" if code else str(err))
+
+    async def execute(self, *args: Any) -> Any:
+        try:
+            return await self.client.execute_command(*args)
+        except redis.exceptions.ResponseError as err:
+            raise self._reply_error(err) from None
+        except redis.exceptions.ConnectionError as err:
+            raise ConnectionError(str(err)) from err
+        except redis.exceptions.TimeoutError as err:
+            raise TimeoutError(str(err)) from err
+
+    async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        pipeline = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipeline.execute_command(*command)
+        try:
+            replies = await pipeline.execute(raise_on_error=False)
+        except redis.exceptions.ConnectionError as err:
+            raise ConnectionError(str(err)) from err
+        except redis.exceptions.TimeoutError as err:
+            raise TimeoutError(str(err)) from err
+        return [
+            self._reply_error(reply)
+            if isinstance(reply, redis.exceptions.ResponseError)
+            else reply
+            for reply in replies
+        ]
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class Recorder:
+    """Opens nodes and records every redirect and ``ASKING`` they carry."""
+
+    def __init__(self) -> None:
+        self.redirects: list[str] = []
+        self.asking = 0
+        self.opened: list[NodeAddress] = []
+
+    async def connect(self, host: str, port: int) -> NodeConnection:
+        self.opened.append(NodeAddress(host, port))
+        return RecordingNode(await open_node(host, port), self)
+
+
+class RecordingNode:
+    def __init__(self, inner: NodeConnection, recorder: Recorder) -> None:
+        self.inner = inner
+        self.recorder = recorder
+
+    def _note(self, reply: Any) -> None:
+        if isinstance(reply, Exception) and str(reply).startswith(("MOVED", "ASK ")):
+            self.recorder.redirects.append(str(reply).split(" ")[0])
+
+    async def execute(self, *args: Any) -> Any:
+        try:
+            return await self.inner.execute(*args)
+        except Exception as err:
+            self._note(err)
+            raise
+
+    async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        self.recorder.asking += sum(1 for command in commands if command[0] == "ASKING")
+        replies = await self.inner.execute_many(commands)
+        for reply in replies:
+            self._note(reply)
+        return replies
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def open_node(host: str, port: int) -> NodeConnection:
+    node = RedisPyNode(host, port)
+    try:
+        await node.execute("PING")
+    except BaseException:
+        await node.close()
+        raise
+    return node
+
+
+def seed_of(url: str) -> tuple[str, int]:
+    host, port = url.split("://", 1)[1].split("?", 1)[0].rsplit(":", 1)
+    return host, int(port)
+
+
+@pytest.fixture
+async def router(cluster_url: str) -> AsyncIterator[ClusterRouter]:
+    opened = await ClusterRouter.open([seed_of(cluster_url)], open_node)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def reference(cluster_url: str) -> AsyncIterator[RedisCluster]:
+    """redis-py's own cluster client, to read back what the router wrote."""
+    client = RedisCluster.from_url(cluster_url.replace("+cluster", "").split("?", 1)[0])
+    yield client
+    await client.aclose()
+
+
+# -- slots ---------------------------------------------------------------------------------
+
+
+def test_slot_of_hashes_only_the_first_non_empty_hash_tag() -> None:
+    assert slot_of(b"foo") == 12182  # the cluster specification's example
+    assert slot_of("{user1000}.following") == slot_of(b"{user1000}.followers")
+    assert slot_of(b"{user1000}.following") == slot_of(b"user1000")
+    assert slot_of(b"foo{{bar}}zap") == slot_of(b"{bar")
+    assert slot_of(b"foo{bar}{zap}") == slot_of(b"bar")
+    assert slot_of("clé") == slot_of("clé".encode())
+
+
+def test_slot_of_an_empty_hash_tag_hashes_the_whole_key() -> None:
+    assert slot_of(b"foo{}{bar}") != slot_of(b"bar")
+    assert slot_of(b"a{}") != slot_of(b"")
+
+
+def test_slot_of_rejects_a_key_that_is_not_bytes_or_str() -> None:
+    with pytest.raises(InvalidKeyError):
+        slot_of(12)  # type: ignore[arg-type]
+
+
+async def test_slot_of_agrees_with_the_server_keyslot(router: ClusterRouter) -> None:
+    rng = random.Random(7)
+    keys = [b"plain", b"{tag}rest", b"x{}y", b"{}", b"{{a}}", b"\xff\x00{\xfe}"] + [
+        rng.randbytes(rng.randint(0, 24)) for _ in range(300)
+    ]
+    node = router.primaries()[0]
+    for key in keys:
+        assert await router.execute_on(node, "CLUSTER", "KEYSLOT", key) == slot_of(key)
+
+
+# -- routing -------------------------------------------------------------------------------
+
+
+async def test_keys_written_through_the_router_read_back_with_redis_py_cluster(
+    router: ClusterRouter, reference: RedisCluster
+) -> None:
+    namespace = unique_namespace()
+    keys = [f"{namespace}:{index}".encode() for index in range(600)]
+    for key in keys[:300]:
+        assert await router.execute(key, "SET", key, b"single:" + key) == b"OK"
+    replies = await router.execute_many(
+        [(key, ("SET", key, b"many:" + key)) for key in keys[300:]]
+    )
+    assert replies == [b"OK"] * 300
+
+    read_back = await reference.mget_nonatomic(keys)
+    assert read_back == [b"single:" + key for key in keys[:300]] + [
+        b"many:" + key for key in keys[300:]
+    ]
+    # Every primary holds a share, exactly the keys redis-py places there.
+    primaries = router.primaries()
+    assert len(primaries) == 3
+    for address in primaries:
+        expected = sum(
+            1
+            for key in keys
+            if reference.get_node_from_key(key).port == address.port  # type: ignore[union-attr]
+        )
+        assert expected > 100
+        counts = await router.on_every_primary("DBSIZE")
+        assert counts[address] >= expected
+    await reference.delete(*keys)
+
+
+async def test_execute_many_returns_replies_in_the_callers_order(router: ClusterRouter) -> None:
+    namespace = unique_namespace()
+    keys = [f"{namespace}:{index}".encode() for index in range(200)]
+    await router.execute_many([(key, ("SET", key, str(index))) for index, key in enumerate(keys)])
+    order = list(range(len(keys)))
+    random.Random(3).shuffle(order)
+    commands = [(keys[index], ("GET", keys[index])) for index in order]
+    assert await router.execute_many(commands) == [str(index).encode() for index in order]
+    # Mixed commands on one node and several, one key twice in one batch.
+    mixed = await router.execute_many(
+        [
+            (keys[0], ("INCR", keys[0])),
+            (keys[1], ("APPEND", keys[1], "x")),
+            (keys[0], ("GET", keys[0])),
+            (keys[2], ("DEL", keys[2])),
+            (keys[2], ("EXISTS", keys[2])),
+        ]
+    )
+    assert mixed == [1, 2, b"1", 1, 0]
+    assert await router.execute_many([]) == []
+
+
+async def test_execute_many_raises_the_first_error_after_running_every_command(
+    router: ClusterRouter,
+) -> None:
+    namespace = unique_namespace()
+    text, counter = f"{namespace}:text".encode(), f"{namespace}:counter".encode()
+    await router.execute(text, "SET", text, b"not a number")
+    with pytest.raises(Exception, match="not an integer") as raised:
+        await router.execute_many([(counter, ("INCR", counter)), (text, ("INCR", text))])
+    assert not isinstance(raised.value, BackendUnavailableError)
+    assert await router.execute(counter, "GET", counter) == b"1"
+    with pytest.raises(Exception, match="not an integer"):
+        await router.execute(text, "INCR", text)
+
+
+async def test_on_every_primary_runs_scan_on_each_node(
+    router: ClusterRouter, reference: RedisCluster
+) -> None:
+    namespace = unique_namespace()
+    keys = {f"{namespace}:{index}".encode() for index in range(90)}
+    await router.execute_many([(key, ("SET", key, b"1")) for key in keys])
+    found: set[bytes] = set()
+    for address in router.primaries():
+        cursor = b"0"
+        while True:
+            cursor, batch = await router.execute_on(
+                address, "SCAN", cursor, "MATCH", f"{namespace}:*", "COUNT", 50
+            )
+            found.update(batch)
+            if cursor == b"0":
+                break
+    assert found == keys
+    loaded = await router.on_every_primary("SCRIPT", "LOAD", "return 1")
+    assert len(set(loaded.values())) == 1
+    assert set(loaded) == set(router.primaries())
+    await reference.delete(*keys)
+
+
+async def test_open_rejects_bad_options_and_unreachable_seeds() -> None:
+    with pytest.raises(InvalidArgumentError):
+        await ClusterRouter.open([], open_node)
+    with pytest.raises(InvalidArgumentError):
+        await ClusterRouter.open([("127.0.0.1", 1)], open_node, max_redirects=-1)
+    from tests.redis_servers import free_port
+
+    with pytest.raises(BackendUnavailableError, match="no Redis Cluster node answered"):
+        await ClusterRouter.open([("127.0.0.1", free_port())], open_node)
+
+
+async def test_a_stale_slot_map_is_fixed_by_moved(cluster_url: str) -> None:
+    recorder = Recorder()
+    router = await ClusterRouter.open([seed_of(cluster_url)], recorder.connect)
+    try:
+        key = f"{unique_namespace()}:moved".encode()
+        slot = slot_of(key)
+        owner = router._slots[slot]
+        wrong = next(address for address in router.primaries() if address != owner)
+        router._slots[slot] = wrong  # as if the slot had moved since the map was read
+        assert await router.execute(key, "SET", key, b"v") == b"OK"
+        assert recorder.redirects == ["MOVED"]
+        assert router._slots[slot] == owner
+        router._slots[slot] = wrong
+        assert await router.execute_many([(key, ("GET", key))]) == [b"v"]
+        assert recorder.redirects == ["MOVED", "MOVED"]
+        await router.execute(key, "DEL", key)
+    finally:
+        await router.close()
+
+
+# -- a cluster of our own ------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_cluster(tmp_path: Path, redis_binary: str) -> Iterator[list[RedisServer]]:
+    servers = start_cluster(redis_binary, tmp_path / "cluster")
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+async def admin(server: RedisServer | NodeAddress) -> redis.asyncio.Redis:
+    return redis.asyncio.Redis(host="127.0.0.1", port=server.port, decode_responses=True)
+
+
+async def node_id(server: RedisServer | NodeAddress) -> str:
+    client = await admin(server)
+    try:
+        return str(await client.execute_command("CLUSTER", "MYID"))
+    finally:
+        await client.aclose()
+
+
+async def test_reads_see_writes_while_a_slot_migrates_to_another_node(
+    private_cluster: list[RedisServer],
+) -> None:
+    """MIGRATING/IMPORTING, MIGRATE of the slot's keys, then SETSLOT NODE, under load:
+    the router follows ASK during the move and MOVED after it, and no call fails."""
+    recorder = Recorder()
+    router = await ClusterRouter.open([("127.0.0.1", private_cluster[0].port)], recorder.connect)
+    keys = [f"{{moving}}:{index}".encode() for index in range(400)]
+    slot = slot_of(keys[0])
+    source = router._slots[slot]
+    assert source is not None
+    target = next(address for address in router.primaries() if address != source)
+    await router.execute_many([(key, ("SET", key, b"0")) for key in keys])
+    source_id, target_id = await node_id(source), await node_id(target)
+    source_admin, target_admin = await admin(source), await admin(target)
+    written = dict.fromkeys(keys, b"0")
+    moving = True
+    operations = 0
+
+    async def worker(mine: list[bytes]) -> None:
+        nonlocal operations
+        rng = random.Random(len(mine))
+        round_number = 0
+        while moving or round_number < 3:
+            round_number += 1
+            key = rng.choice(mine)
+            if rng.random() < 0.5:
+                value = f"{round_number}".encode()
+                await router.execute(key, "SET", key, value)
+                written[key] = value
+            elif rng.random() < 0.5:
+                assert await router.execute(key, "GET", key) == written[key]
+            else:
+                batch = rng.sample(mine, 5)
+                assert await router.execute_many([(k, ("GET", k)) for k in batch]) == [
+                    written[k] for k in batch
+                ]
+            operations += 1
+            await asyncio.sleep(0)
+
+    try:
+        workers = [asyncio.create_task(worker(keys[start::20])) for start in range(20)]
+        await target_admin.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        await source_admin.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while True:
+            batch = await source_admin.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10)
+            if not batch:
+                break
+            await source_admin.execute_command(
+                "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *batch
+            )
+            await asyncio.sleep(0.01)  # let the workers meet a half-moved slot
+        for client in (target_admin, source_admin):
+            await client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        await asyncio.sleep(0.2)
+        moving = False
+        await asyncio.gather(*workers)
+        assert await router.execute_many([(key, ("GET", key)) for key in keys]) == [
+            written[key] for key in keys
+        ]
+        assert router._slots[slot] == target
+        assert "ASK" in recorder.redirects
+        assert "MOVED" in recorder.redirects
+        assert recorder.asking > 0
+        assert operations > 200
+    finally:
+        moving = False
+        await router.close()
+        await source_admin.aclose()
+        await target_admin.aclose()
+
+
+async def test_the_router_recovers_when_a_replica_takes_over_a_dead_primary(
+    private_cluster: list[RedisServer], tmp_path: Path, redis_binary: str
+) -> None:
+    """A primary dies: its keys fail with BackendUnavailableError (others still work);
+    once its replica takes over, the refreshed slot map routes there, in bounded time."""
+    from tests.redis_servers import free_port
+
+    victim = private_cluster[1]
+    replica = RedisServer(
+        redis_binary, tmp_path / "replica", port=free_port(cluster_bus=True), args=CLUSTER_ARGS
+    )
+    replica.start()
+    replica_admin = await admin(replica)
+    victim_admin = await admin(victim)
+    router = await ClusterRouter.open(
+        [("127.0.0.1", private_cluster[0].port)], open_node, refresh_interval=0.2
+    )
+    try:
+        await replica_admin.execute_command(
+            "CLUSTER", "MEET", "127.0.0.1", private_cluster[0].port
+        )
+        victim_id = await node_id(victim)
+        await wait_for(lambda: knows(replica_admin, victim_id), "the replica to learn the victim")
+        await replica_admin.execute_command("CLUSTER", "REPLICATE", victim_id)
+        await wait_for(lambda: link_up(replica_admin), "the replica to sync")
+
+        keys = [f"failover:{index}".encode() for index in range(300)]
+        await router.execute_many([(key, ("SET", key, b"before")) for key in keys])
+        assert await victim_admin.execute_command("WAIT", 1, 2000) == 1
+        victim_address = NodeAddress("127.0.0.1", victim.port)
+        on_victim = [key for key in keys if router._slots[slot_of(key)] == victim_address]
+        elsewhere = [key for key in keys if key not in on_victim]
+        assert on_victim and elsewhere
+
+        victim.kill()
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailableError, match=str(victim.port)):
+            await router.execute(on_victim[0], "GET", on_victim[0])
+        assert await router.execute(elsewhere[0], "GET", elsewhere[0]) == b"before"
+        assert time.monotonic() - started < 2.0
+
+        await replica_admin.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+        failures = 0
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                reply = await router.execute(on_victim[0], "GET", on_victim[0])
+                break
+            except BackendUnavailableError:
+                failures += 1
+                assert time.monotonic() < deadline, "the router never found the new primary"
+                await asyncio.sleep(0.05)
+        assert reply == b"before"
+        assert NodeAddress("127.0.0.1", replica.port) in router.primaries()
+        assert victim_address not in router.primaries()
+        assert await router.execute_many([(key, ("GET", key)) for key in keys]) == [
+            b"before"
+        ] * len(keys)
+        await router.execute_many([(key, ("SET", key, b"after")) for key in on_victim])
+        assert await replica_admin.execute_command("GET", on_victim[-1]) == "after"
+    finally:
+        await router.close()
+        await replica_admin.aclose()
+        await victim_admin.aclose()
+        replica.stop()
+
+
+async def wait_for(check: Any, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def knows(client: redis.asyncio.Redis, node: str) -> bool:
+    nodes = await client.execute_command("CLUSTER", "NODES")
+    return node in str(nodes)
+
+
+async def link_up(client: redis.asyncio.Redis) -> bool:
+    info = await client.info("replication")
+    return info.get("role") == "slave" and info.get("master_link_status") == "up"
