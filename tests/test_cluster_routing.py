@@ -32,101 +32,73 @@ class ReplyError(Exception):
 class RedisPyNode:
     """A ``NodeConnection`` over redis-py's client to one node, replies left raw.
 
-    Stands in for ``memkv._transport.Connection`` until that branch is merged; the
-    router sees the same shapes (raw replies, error replies as exceptions with the
-    server's text).
+    Stands in for ``memkv._transport.Node`` until that branch is merged; the router sees
+    the same shapes (raw replies, error replies as exceptions with the server's text).
+    ``close`` only marks it: ``Nodes.aclose`` closes the clients at the test's end.
     """
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, nodes: Nodes) -> None:
         self.client = redis.asyncio.Redis(
             host=host, port=port, socket_timeout=1.0, socket_connect_timeout=0.5, retry=None
         )
         self.client.response_callbacks.clear()
+        self.nodes = nodes
+        self.closed = False
 
-    @staticmethod
-    def _reply_error(err: redis.exceptions.ResponseError) -> ReplyError:
-        code = getattr(err, "status_code", None)
-        return ReplyError(f"{code} {err}" if code else str(err))
+    def _note(self, reply: Any) -> Any:
+        if isinstance(reply, redis.exceptions.ResponseError):
+            code = getattr(reply, "status_code", None)
+            reply = ReplyError(f"{code} {reply}" if code else str(reply))
+            if code in ("MOVED", "ASK"):
+                self.nodes.redirects.append(code)
+        return reply
 
     async def execute(self, *args: Any) -> Any:
         try:
             return await self.client.execute_command(*args)
         except redis.exceptions.ResponseError as err:
-            raise self._reply_error(err) from None
-        except redis.exceptions.ConnectionError as err:
+            raise self._note(err) from None
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as err:
             raise ConnectionError(str(err)) from err
-        except redis.exceptions.TimeoutError as err:
-            raise TimeoutError(str(err)) from err
 
     async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        self.nodes.asking += sum(1 for command in commands if command[0] == "ASKING")
         pipeline = self.client.pipeline(transaction=False)
         for command in commands:
             pipeline.execute_command(*command)
         try:
             replies = await pipeline.execute(raise_on_error=False)
-        except redis.exceptions.ConnectionError as err:
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as err:
             raise ConnectionError(str(err)) from err
-        except redis.exceptions.TimeoutError as err:
-            raise TimeoutError(str(err)) from err
-        return [
-            self._reply_error(reply)
-            if isinstance(reply, redis.exceptions.ResponseError)
-            else reply
-            for reply in replies
-        ]
+        return [self._note(reply) for reply in replies]
 
-    async def close(self) -> None:
-        await self.client.aclose()
+    def close(self) -> None:
+        self.closed = True
 
 
-class Recorder:
-    """Opens nodes and records every redirect and ``ASKING`` they carry."""
+class Nodes:
+    """Makes the nodes a router asks for, and records the redirects they meet."""
 
     def __init__(self) -> None:
+        self.made: list[RedisPyNode] = []
         self.redirects: list[str] = []
         self.asking = 0
-        self.opened: list[NodeAddress] = []
 
-    async def connect(self, host: str, port: int) -> NodeConnection:
-        self.opened.append(NodeAddress(host, port))
-        return RecordingNode(await open_node(host, port), self)
+    def __call__(self, host: str, port: int) -> NodeConnection:
+        node = RedisPyNode(host, port, self)
+        self.made.append(node)
+        return node
 
-
-class RecordingNode:
-    def __init__(self, inner: NodeConnection, recorder: Recorder) -> None:
-        self.inner = inner
-        self.recorder = recorder
-
-    def _note(self, reply: Any) -> None:
-        if isinstance(reply, Exception) and str(reply).startswith(("MOVED", "ASK ")):
-            self.recorder.redirects.append(str(reply).split(" ")[0])
-
-    async def execute(self, *args: Any) -> Any:
-        try:
-            return await self.inner.execute(*args)
-        except Exception as err:
-            self._note(err)
-            raise
-
-    async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        self.recorder.asking += sum(1 for command in commands if command[0] == "ASKING")
-        replies = await self.inner.execute_many(commands)
-        for reply in replies:
-            self._note(reply)
-        return replies
-
-    async def close(self) -> None:
-        await self.inner.close()
+    async def aclose(self) -> None:
+        for node in self.made:
+            await node.client.aclose()
 
 
-async def open_node(host: str, port: int) -> NodeConnection:
-    node = RedisPyNode(host, port)
-    try:
-        await node.execute("PING")
-    except BaseException:
-        await node.close()
-        raise
-    return node
+@pytest.fixture
+async def nodes() -> AsyncIterator[Nodes]:
+    made = Nodes()
+    yield made
+    await made.aclose()
 
 
 def seed_of(url: str) -> tuple[str, int]:
@@ -135,8 +107,8 @@ def seed_of(url: str) -> tuple[str, int]:
 
 
 @pytest.fixture
-async def router(cluster_url: str) -> AsyncIterator[ClusterRouter]:
-    opened = await ClusterRouter.open([seed_of(cluster_url)], open_node)
+async def router(cluster_url: str, nodes: Nodes) -> AsyncIterator[ClusterRouter]:
+    opened = await ClusterRouter.open([seed_of(cluster_url)], nodes)
     yield opened
     await opened.close()
 
@@ -274,20 +246,19 @@ async def test_on_every_primary_runs_scan_on_each_node(
     await reference.delete(*keys)
 
 
-async def test_open_rejects_bad_options_and_unreachable_seeds() -> None:
+async def test_open_rejects_bad_options_and_unreachable_seeds(nodes: Nodes) -> None:
     with pytest.raises(InvalidArgumentError):
-        await ClusterRouter.open([], open_node)
+        await ClusterRouter.open([], nodes)
     with pytest.raises(InvalidArgumentError):
-        await ClusterRouter.open([("127.0.0.1", 1)], open_node, max_redirects=-1)
+        await ClusterRouter.open([("127.0.0.1", 1)], nodes, max_redirects=-1)
     from tests.redis_servers import free_port
 
     with pytest.raises(BackendUnavailableError, match="no Redis Cluster node answered"):
-        await ClusterRouter.open([("127.0.0.1", free_port())], open_node)
+        await ClusterRouter.open([("127.0.0.1", free_port())], nodes)
 
 
-async def test_a_stale_slot_map_is_fixed_by_moved(cluster_url: str) -> None:
-    recorder = Recorder()
-    router = await ClusterRouter.open([seed_of(cluster_url)], recorder.connect)
+async def test_a_stale_slot_map_is_fixed_by_moved(cluster_url: str, nodes: Nodes) -> None:
+    router = await ClusterRouter.open([seed_of(cluster_url)], nodes)
     try:
         key = f"{unique_namespace()}:moved".encode()
         slot = slot_of(key)
@@ -295,11 +266,11 @@ async def test_a_stale_slot_map_is_fixed_by_moved(cluster_url: str) -> None:
         wrong = next(address for address in router.primaries() if address != owner)
         router._slots[slot] = wrong  # as if the slot had moved since the map was read
         assert await router.execute(key, "SET", key, b"v") == b"OK"
-        assert recorder.redirects == ["MOVED"]
+        assert nodes.redirects == ["MOVED"]
         assert router._slots[slot] == owner
         router._slots[slot] = wrong
         assert await router.execute_many([(key, ("GET", key))]) == [b"v"]
-        assert recorder.redirects == ["MOVED", "MOVED"]
+        assert nodes.redirects == ["MOVED", "MOVED"]
         await router.execute(key, "DEL", key)
     finally:
         await router.close()
@@ -331,12 +302,11 @@ async def node_id(server: RedisServer | NodeAddress) -> str:
 
 
 async def test_reads_see_writes_while_a_slot_migrates_to_another_node(
-    private_cluster: list[RedisServer],
+    private_cluster: list[RedisServer], nodes: Nodes
 ) -> None:
     """MIGRATING/IMPORTING, MIGRATE of the slot's keys, then SETSLOT NODE, under load:
     the router follows ASK during the move and MOVED after it, and no call fails."""
-    recorder = Recorder()
-    router = await ClusterRouter.open([("127.0.0.1", private_cluster[0].port)], recorder.connect)
+    router = await ClusterRouter.open([("127.0.0.1", private_cluster[0].port)], nodes)
     keys = [f"{{moving}}:{index}".encode() for index in range(400)]
     slot = slot_of(keys[0])
     source = router._slots[slot]
@@ -391,9 +361,9 @@ async def test_reads_see_writes_while_a_slot_migrates_to_another_node(
             written[key] for key in keys
         ]
         assert router._slots[slot] == target
-        assert "ASK" in recorder.redirects
-        assert "MOVED" in recorder.redirects
-        assert recorder.asking > 0
+        assert "ASK" in nodes.redirects
+        assert "MOVED" in nodes.redirects
+        assert nodes.asking > 0
         assert operations > 200
     finally:
         moving = False
@@ -403,7 +373,7 @@ async def test_reads_see_writes_while_a_slot_migrates_to_another_node(
 
 
 async def test_the_router_recovers_when_a_replica_takes_over_a_dead_primary(
-    private_cluster: list[RedisServer], tmp_path: Path, redis_binary: str
+    private_cluster: list[RedisServer], tmp_path: Path, redis_binary: str, nodes: Nodes
 ) -> None:
     """A primary dies: its keys fail with BackendUnavailableError (others still work);
     once its replica takes over, the refreshed slot map routes there, in bounded time."""
@@ -417,7 +387,7 @@ async def test_the_router_recovers_when_a_replica_takes_over_a_dead_primary(
     replica_admin = await admin(replica)
     victim_admin = await admin(victim)
     router = await ClusterRouter.open(
-        [("127.0.0.1", private_cluster[0].port)], open_node, refresh_interval=0.2
+        [("127.0.0.1", private_cluster[0].port)], nodes, refresh_interval=0.2
     )
     try:
         await replica_admin.execute_command(

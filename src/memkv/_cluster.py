@@ -5,8 +5,8 @@ primary that serves its key's hash slot. It follows ``MOVED`` and ``ASK`` redire
 and refreshes the slot map (``CLUSTER SLOTS``) in the background when a redirect shows
 it is stale or when a node stops answering, so a promoted replica takes over its
 slots without the caller doing anything. It knows nothing about sockets: each node's
-connection comes from a ``connect`` callable (the transport), and must follow the
-``NodeConnection`` protocol below.
+connection comes from a ``connect`` callable (the transport's ``Node``), and must follow
+the ``NodeConnection`` protocol below.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
@@ -60,25 +60,26 @@ class NodeAddress(NamedTuple):
 
 
 class NodeConnection(Protocol):
-    """What the router needs from the transport's connection to one node.
+    """What the router needs from the transport's object for one node address.
 
     ``execute`` raises an error reply as an exception whose ``str`` is the reply's text
     (``"MOVED 3999 127.0.0.1:7002"``); ``execute_many`` sends its commands as one
     contiguous batch and returns one reply per command, an error reply as such an
     exception in its place (not raised). Both raise an ``OSError`` (such as
     ``BackendUnavailableError``) or ``asyncio.TimeoutError`` when the node cannot be
-    reached; the connection reconnects by itself on a later call.
+    reached. The object connects on first use and reconnects by itself on a later
+    call; ``close`` drops its connections.
     """
 
     async def execute(self, *args: Arg) -> Any: ...
 
     async def execute_many(self, commands: Sequence[Command]) -> list[Any]: ...
 
-    async def close(self) -> None: ...
+    def close(self) -> None: ...
 
 
-#: Opens the connection to one node: ``await connect("127.0.0.1", 7000)``.
-Connect = Callable[[str, int], Awaitable[NodeConnection]]
+#: Makes the (lazily connecting) object for one node: ``connect("127.0.0.1", 7000)``.
+Connect = Callable[[str, int], NodeConnection]
 
 
 def slot_of(key: Key) -> int:
@@ -97,14 +98,18 @@ class _Redirect(NamedTuple):
     address: NodeAddress
 
 
-def _redirect(error: BaseException) -> _Redirect | None:
-    """The ``MOVED``/``ASK`` redirect an error reply carries, if it is one."""
+def _redirect(error: BaseException, answered: NodeAddress) -> _Redirect | None:
+    """The ``MOVED``/``ASK`` redirect an error reply carries, if it is one.
+
+    A redirect without a host (``MOVED 3999 :7002``) names a node on the host of the
+    node that ``answered``.
+    """
     text = str(error)
     if not text.startswith(("MOVED ", "ASK ")):
         return None
     kind, slot, endpoint = text.split(" ", 2)
     host, _, port = endpoint.rpartition(":")
-    return _Redirect(kind == "ASK", int(slot), NodeAddress(host, int(port)))
+    return _Redirect(kind == "ASK", int(slot), NodeAddress(host or answered.host, int(port)))
 
 
 def _text(value: Any) -> str:
@@ -130,8 +135,8 @@ class ClusterRouter:
     """Routes commands to the primaries of a Redis Cluster over one connection each.
 
     Open it with ``await ClusterRouter.open(seeds, connect)``: ``seeds`` are one or more
-    ``(host, port)`` of cluster nodes, ``connect(host, port)`` opens a transport
-    connection to a node (called once per primary, and for the slot-map queries).
+    ``(host, port)`` of cluster nodes, ``connect(host, port)`` makes the transport's
+    object for a node (called once per primary, and for the slot-map queries).
 
     - ``execute(key, *command)`` runs a single-key command on the primary serving
       ``key``: one slot computation (CRC16) and one dict lookup above the transport.
@@ -179,7 +184,6 @@ class ClusterRouter:
         self._slots: list[NodeAddress | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
         self._replicas: set[NodeAddress] = set()
         self._connections: dict[NodeAddress, NodeConnection] = {}
-        self._opening: dict[NodeAddress, asyncio.Lock] = {}
         self._refresh_task: asyncio.Task[None] | None = None
         self._last_refresh = float("-inf")
         self._closed = False
@@ -216,7 +220,7 @@ class ClusterRouter:
         for _ in range(self._max_redirects + 1):
             if address is None:
                 raise self._uncovered(slot_of(key))
-            connection = self._connections.get(address) or await self._connection(address)
+            connection = self._connections.get(address) or self._connection(address)
             try:
                 if asking:
                     reply = (await connection.execute_many([("ASKING",), command]))[1]
@@ -227,7 +231,7 @@ class ClusterRouter:
             except _CONNECTION_ERRORS as err:
                 raise self._unavailable(address, err) from err
             except Exception as err:
-                redirect = _redirect(err)
+                redirect = _redirect(err, address)
                 if redirect is None:
                     raise
                 address, asking = self._follow(redirect), redirect.asking
@@ -259,12 +263,12 @@ class ClusterRouter:
             ]
             outcomes = await asyncio.gather(*batches, return_exceptions=True)
             pending, asking = [], {}
-            for indexes, outcome in zip(groups.values(), outcomes, strict=True):
+            for (address, indexes), outcome in zip(groups.items(), outcomes, strict=True):
                 if isinstance(outcome, BaseException):
                     failure = failure or outcome
                     continue
                 for index, reply in zip(indexes, outcome, strict=True):
-                    redirect = _redirect(reply) if isinstance(reply, Exception) else None
+                    redirect = _redirect(reply, address) if isinstance(reply, Exception) else None
                     if redirect is None:
                         replies[index] = reply
                         continue
@@ -290,7 +294,7 @@ class ClusterRouter:
         asking: dict[int, NodeAddress],
     ) -> list[Any]:
         """One node's share of ``execute_many``, as one batch (``ASKING`` where needed)."""
-        connection = self._connections.get(address) or await self._connection(address)
+        connection = self._connections.get(address) or self._connection(address)
         if not asking:
             batch = [commands[index][1] for index in indexes]
         else:
@@ -321,7 +325,7 @@ class ClusterRouter:
     async def execute_on(self, address: tuple[str, int], *command: Arg) -> Any:
         """Run a keyless command on one node (a primary from ``primaries()``)."""
         node = NodeAddress(*address)
-        connection = self._connections.get(node) or await self._connection(node)
+        connection = self._connections.get(node) or self._connection(node)
         try:
             return await connection.execute(*command)
         except _CONNECTION_ERRORS as err:
@@ -372,11 +376,11 @@ class ClusterRouter:
         if connection is not None:
             return await connection.execute("CLUSTER", "SLOTS")
         # Not a primary we route to: a connection for this one question only.
-        connection = await self._connect_node(address.host, address.port)
+        connection = self._connect_node(address.host, address.port)
         try:
             return await connection.execute("CLUSTER", "SLOTS")
         finally:
-            await connection.close()
+            connection.close()
 
     def _install(self, reply: Any, queried: NodeAddress) -> None:
         table = _parse_slots(reply, queried)
@@ -391,10 +395,8 @@ class ClusterRouter:
         self._replicas = replicas
         primaries = set(self.primaries())
         for address in [address for address in self._connections if address not in primaries]:
-            # A node that lost all its slots (or died): its connection goes, in the
-            # background so a caller's refresh does not wait for the close.
-            connection = self._connections.pop(address)
-            asyncio.get_running_loop().create_task(_close_quietly(connection))
+            # A node that lost all its slots, or died and was replaced.
+            self._connections.pop(address).close()
 
     def _follow(self, redirect: _Redirect) -> NodeAddress:
         """Where a redirect sends the command; a ``MOVED`` also fixes the map."""
@@ -419,19 +421,15 @@ class ClusterRouter:
 
     # -- connections -----------------------------------------------------------------
 
-    async def _connection(self, address: NodeAddress) -> NodeConnection:
-        """The connection to ``address``, opened once even when many callers race."""
+    def _connection(self, address: NodeAddress) -> NodeConnection:
+        """The node object for ``address``, made on first use (it connects lazily)."""
         if self._closed:
             raise StoreClosedError("the cluster router is closed")
-        lock = self._opening.setdefault(address, asyncio.Lock())
-        async with lock:
-            connection = self._connections.get(address)
-            if connection is None:
-                try:
-                    connection = await self._connect_node(address.host, address.port)
-                except _CONNECTION_ERRORS as err:
-                    raise self._unavailable(address, err) from err
-                self._connections[address] = connection
+        connection = self._connections.get(address)
+        if connection is None:
+            connection = self._connections[address] = self._connect_node(
+                address.host, address.port
+            )
         return connection
 
     def _unavailable(self, address: NodeAddress, err: BaseException) -> BackendUnavailableError:
@@ -461,7 +459,8 @@ class ClusterRouter:
                 await task
         connections = list(self._connections.values())
         self._connections.clear()
-        await asyncio.gather(*(_close_quietly(connection) for connection in connections))
+        for connection in connections:
+            connection.close()
 
     async def __aenter__(self) -> ClusterRouter:
         return self
@@ -472,8 +471,3 @@ class ClusterRouter:
     def __repr__(self) -> str:
         nodes = ", ".join(str(address) for address in self.primaries())
         return f"ClusterRouter(primaries=[{nodes}])"
-
-
-async def _close_quietly(connection: NodeConnection) -> None:
-    with contextlib.suppress(Exception):
-        await connection.close()
