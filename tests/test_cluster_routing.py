@@ -19,7 +19,12 @@ import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 
 from memkv._cluster import ClusterRouter, NodeAddress, NodeConnection, slot_of
-from memkv.errors import BackendUnavailableError, InvalidArgumentError, InvalidKeyError
+from memkv.errors import (
+    BackendUnavailableError,
+    InvalidArgumentError,
+    InvalidKeyError,
+    StoreClosedError,
+)
 from tests.redis_servers import CLUSTER_ARGS, RedisServer, start_cluster, unique_namespace
 
 pytestmark = pytest.mark.redis
@@ -55,11 +60,14 @@ class RedisPyNode:
 
     async def execute(self, *args: Any) -> Any:
         try:
-            return await self.client.execute_command(*args)
+            reply = await self.client.execute_command(*args)
         except redis.exceptions.ResponseError as err:
             raise self._note(err) from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as err:
             raise ConnectionError(str(err)) from err
+        if args[:2] == ("CLUSTER", "SLOTS"):
+            self.nodes.slot_maps += 1
+        return reply
 
     async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         self.nodes.asking += sum(1 for command in commands if command[0] == "ASKING")
@@ -83,6 +91,8 @@ class Nodes:
         self.made: list[RedisPyNode] = []
         self.redirects: list[str] = []
         self.asking = 0
+        #: Slot maps read (successful CLUSTER SLOTS): one per refresh.
+        self.slot_maps = 0
 
     def __call__(self, host: str, port: int) -> NodeConnection:
         node = RedisPyNode(host, port, self)
@@ -276,6 +286,31 @@ async def test_a_stale_slot_map_is_fixed_by_moved(cluster_url: str, nodes: Nodes
         await router.close()
 
 
+async def test_a_command_redirected_more_than_max_redirects_times_fails_typed(
+    cluster_url: str, nodes: Nodes
+) -> None:
+    router = await ClusterRouter.open([seed_of(cluster_url)], nodes, max_redirects=0)
+    try:
+        key = f"{unique_namespace()}:bounded".encode()
+        slot = slot_of(key)
+        owner = router._slots[slot]
+        wrong = next(address for address in router.primaries() if address != owner)
+        router._slots[slot] = wrong
+        with pytest.raises(BackendUnavailableError, match="redirected more than 0 times"):
+            await router.execute(key, "GET", key)
+        router._slots[slot] = wrong
+        with pytest.raises(BackendUnavailableError, match="redirected more than 0 times"):
+            await router.execute_many([(key, ("GET", key))])
+    finally:
+        await router.close()
+
+
+async def test_a_closed_router_refuses_commands(router: ClusterRouter) -> None:
+    await router.close()
+    with pytest.raises(StoreClosedError):
+        await router.execute(b"k", "GET", b"k")
+
+
 # -- a cluster of our own ------------------------------------------------------------------
 
 
@@ -408,21 +443,25 @@ async def test_the_router_recovers_when_a_replica_takes_over_a_dead_primary(
         assert elsewhere
 
         victim.kill()
+        maps_before = nodes.slot_maps
         started = time.monotonic()
-        with pytest.raises(BackendUnavailableError, match=str(victim.port)):
-            await router.execute(on_victim[0], "GET", on_victim[0])
-        assert await router.execute(elsewhere[0], "GET", elsewhere[0]) == b"before"
-        assert time.monotonic() - started < 2.0
+        for key in on_victim[:50]:
+            with pytest.raises(BackendUnavailableError, match=str(victim.port)):
+                await router.execute(key, "GET", key)
+            assert await router.execute(elsewhere[0], "GET", elsewhere[0]) == b"before"
+            await asyncio.sleep(0.005)
+        elapsed = time.monotonic() - started
+        assert elapsed < 5.0
+        # 50 failed calls, yet at most one refresh per refresh_interval (0.2 s).
+        assert nodes.slot_maps - maps_before <= 1 + elapsed / 0.2
 
         await replica_admin.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
-        failures = 0
         deadline = time.monotonic() + 10.0
         while True:
             try:
                 reply = await router.execute(on_victim[0], "GET", on_victim[0])
                 break
             except BackendUnavailableError:
-                failures += 1
                 assert time.monotonic() < deadline, "the router never found the new primary"
                 await asyncio.sleep(0.05)
         assert reply == b"before"
