@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from memkv._transport import ConnectionSpec, Node
 from memkv.errors import (
     BackendUnavailableError,
     InvalidArgumentError,
@@ -31,6 +33,7 @@ __all__ = [
     "Connect",
     "NodeAddress",
     "NodeConnection",
+    "node_factory",
     "slot_of",
 ]
 
@@ -80,6 +83,19 @@ class NodeConnection(Protocol):
 
 #: Makes the (lazily connecting) object for one node: ``connect("127.0.0.1", 7000)``.
 Connect = Callable[[str, int], NodeConnection]
+
+
+def node_factory(spec: ConnectionSpec) -> Connect:
+    """A ``connect`` that makes a transport ``Node`` per address, with ``spec``'s options.
+
+    Every node gets ``spec``'s credentials, database, protocol, timeouts and
+    ``max_inflight``; its host and port are the node's (``spec.path`` is ignored).
+    """
+
+    def connect(host: str, port: int) -> NodeConnection:
+        return Node(dataclasses.replace(spec, host=host, port=port, path=None))
+
+    return connect
 
 
 def slot_of(key: Key) -> int:
@@ -134,9 +150,10 @@ def _parse_slots(reply: Any, queried: NodeAddress) -> list[NodeAddress | None]:
 class ClusterRouter:
     """Routes commands to the primaries of a Redis Cluster over one connection each.
 
-    Open it with ``await ClusterRouter.open(seeds, connect)``: ``seeds`` are one or more
-    ``(host, port)`` of cluster nodes, ``connect(host, port)`` makes the transport's
-    object for a node (called once per primary, and for the slot-map queries).
+    Open it with ``await ClusterRouter.open(seeds, node_factory(spec))``: ``seeds`` are
+    one or more ``(host, port)`` of cluster nodes; ``connect(host, port)`` makes the
+    transport's object for a node (called once per primary, and for the slot-map
+    queries), here a ``Node`` with the options of the ``ConnectionSpec`` ``spec``.
 
     - ``execute(key, *command)`` runs a single-key command on the primary serving
       ``key``: one slot computation (CRC16) and one dict lookup above the transport.
@@ -156,8 +173,12 @@ class ClusterRouter:
     per ``refresh_interval`` seconds) routes that node's slots to it. Other error
     replies are raised as the transport raises them.
 
+    >>> connect = node_factory(ConnectionSpec(password="secret", command_timeout=1.0))
     >>> router = await ClusterRouter.open([("127.0.0.1", 7000)], connect)  # doctest: +SKIP
-    >>> await router.execute(b"user:1", "SET", b"user:1", b"Ada")         # doctest: +SKIP
+    >>> await router.execute(b"user:1", "SET", b"user:1", b"Ada")  # doctest: +SKIP
+    b'OK'
+    >>> await router.execute_many([(b"a", ("GET", b"a")), (b"b", ("GET", b"b"))])  # doctest: +SKIP
+    [None, None]
     """
 
     def __init__(
