@@ -204,6 +204,10 @@ class ClusterRouter:
         self._refresh_interval = refresh_interval
         self._slots: list[NodeAddress | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
         self._replicas: set[NodeAddress] = set()
+        #: ``primaries()``, kept until the slot table changes.
+        self._primaries: list[NodeAddress] | None = None
+        #: Nodes that failed since the last refresh: asked last by the next one.
+        self._failed: set[NodeAddress] = set()
         self._connections: dict[NodeAddress, NodeConnection] = {}
         self._refresh_task: asyncio.Task[None] | None = None
         self._last_refresh = float("-inf")
@@ -341,7 +345,9 @@ class ClusterRouter:
 
     def primaries(self) -> list[NodeAddress]:
         """The primaries that serve at least one slot in the current map, sorted."""
-        return sorted({address for address in self._slots if address is not None})
+        if self._primaries is None:
+            self._primaries = sorted({address for address in self._slots if address})
+        return list(self._primaries)
 
     async def execute_on(self, address: tuple[str, int], *command: Arg) -> Any:
         """Run a keyless command on one node (a primary from ``primaries()``)."""
@@ -371,11 +377,17 @@ class ClusterRouter:
     async def refresh(self) -> None:
         """Reload the slot map now from the first node that answers ``CLUSTER SLOTS``.
 
-        Asks the current primaries, then the seeds, then the known replicas. Raises
-        ``BackendUnavailableError`` (the map unchanged) when none answers.
+        Asks the current primaries, then the seeds, then the known replicas, and last
+        the nodes that failed since the previous refresh (so that a hung node does not
+        delay it by a timeout). Raises ``BackendUnavailableError`` (the map unchanged)
+        when none answers.
         """
         self._last_refresh = time.monotonic()
-        candidates = dict.fromkeys([*self.primaries(), *self._seeds, *sorted(self._replicas)])
+        known = dict.fromkeys([*self.primaries(), *self._seeds, *sorted(self._replicas)])
+        failed = self._failed
+        candidates = [node for node in known if node not in failed] + [
+            node for node in known if node in failed
+        ]
         errors: list[str] = []
         for address in candidates:
             try:
@@ -413,7 +425,9 @@ class ClusterRouter:
                     NodeAddress(queried.host if host in ("", "?") else host, int(replica[1]))
                 )
         self._slots = table
+        self._primaries = None
         self._replicas = replicas
+        self._failed = set()
         primaries = set(self.primaries())
         for address in [address for address in self._connections if address not in primaries]:
             # A node that lost all its slots, or died and was replaced.
@@ -423,6 +437,7 @@ class ClusterRouter:
         """Where a redirect sends the command; a ``MOVED`` also fixes the map."""
         if not redirect.asking:
             self._slots[redirect.slot] = redirect.address
+            self._primaries = None
             self._schedule_refresh()
         return redirect.address
 
@@ -454,6 +469,7 @@ class ClusterRouter:
         return connection
 
     def _unavailable(self, address: NodeAddress, err: BaseException) -> BackendUnavailableError:
+        self._failed.add(address)
         self._schedule_refresh()
         return BackendUnavailableError(
             f"Redis Cluster node {address} is unavailable: {type(err).__name__}: {err}"
