@@ -239,7 +239,11 @@ class ClusterRouter:
     # -- routing ---------------------------------------------------------------------
 
     async def execute(self, key: Key, *command: Arg) -> Any:
-        """Run ``command`` on the primary serving ``key`` and return its reply."""
+        """Run ``command`` on the primary serving ``key`` and return its reply.
+
+        An error reply is raised as the transport raises it; an unreachable node, an
+        unserved slot or too many redirects raise ``BackendUnavailableError``.
+        """
         address = self._slots[slot_of(key)]
         asking = False
         for _ in range(self._max_redirects + 1):
@@ -321,25 +325,22 @@ class ClusterRouter:
         """One node's share of ``execute_many``, as one batch (``ASKING`` where needed)."""
         connection = self._connections.get(address) or self._connection(address)
         if not asking:
-            batch = [commands[index][1] for index in indexes]
-        else:
-            batch = []
-            for index in indexes:
-                if index in asking:
-                    batch.append(("ASKING",))
-                batch.append(commands[index][1])
+            try:
+                return await connection.execute_many([commands[index][1] for index in indexes])
+            except _CONNECTION_ERRORS as err:
+                raise self._unavailable(address, err) from err
+        batch: list[Command] = []
+        positions: list[int] = []  # where each caller's command sits, after its ASKING
+        for index in indexes:
+            if index in asking:
+                batch.append(("ASKING",))
+            positions.append(len(batch))
+            batch.append(commands[index][1])
         try:
             replies = await connection.execute_many(batch)
         except _CONNECTION_ERRORS as err:
             raise self._unavailable(address, err) from err
-        if asking:
-            # Drop the replies to ASKING, which precede the command they enable.
-            replies = [
-                reply
-                for reply, command in zip(replies, batch, strict=True)
-                if command != ("ASKING",)
-            ]
-        return replies
+        return [replies[position] for position in positions]
 
     # -- every primary ---------------------------------------------------------------
 
