@@ -303,6 +303,46 @@ async def node_id(server: RedisServer | NodeAddress) -> str:
         await client.aclose()
 
 
+async def test_ask_goes_to_the_importing_node_and_leaves_the_slot_map_alone(
+    private_cluster: list[RedisServer], nodes: Nodes
+) -> None:
+    router = await ClusterRouter.open([("127.0.0.1", private_cluster[0].port)], nodes)
+    moved, staying = b"{ask}:moved", b"{ask}:staying"
+    slot = slot_of(moved)
+    source = router._slots[slot]
+    assert source is not None
+    target = next(address for address in router.primaries() if address != source)
+    source_admin, target_admin = await admin(source), await admin(target)
+    try:
+        await router.execute_many(
+            [(moved, ("SET", moved, b"1")), (staying, ("SET", staying, b"2"))]
+        )
+        await target_admin.execute_command(
+            "CLUSTER", "SETSLOT", slot, "IMPORTING", await node_id(source)
+        )
+        await source_admin.execute_command(
+            "CLUSTER", "SETSLOT", slot, "MIGRATING", await node_id(target)
+        )
+        await source_admin.execute_command("MIGRATE", "127.0.0.1", target.port, moved, 0, 5000)
+
+        assert await router.execute(moved, "GET", moved) == b"1"
+        assert nodes.redirects == ["ASK"]
+        assert nodes.asking == 1
+        assert await router.execute_many(
+            [(staying, ("GET", staying)), (moved, ("INCR", moved)), (staying, ("GET", staying))]
+        ) == [b"2", 2, b"2"]
+        assert nodes.redirects == ["ASK", "ASK"]
+        assert nodes.asking == 2
+        assert router._slots[slot] == source  # ASK is one command's detour, not a move
+        pipeline = target_admin.pipeline(transaction=False)
+        pipeline.execute_command("ASKING").execute_command("GET", moved)
+        assert (await pipeline.execute())[1] == "2"  # the INCR ran on the importing node
+    finally:
+        await router.close()
+        await source_admin.aclose()
+        await target_admin.aclose()
+
+
 async def test_reads_see_writes_while_a_slot_migrates_to_another_node(
     private_cluster: list[RedisServer], nodes: Nodes
 ) -> None:
