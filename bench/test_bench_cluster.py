@@ -21,7 +21,7 @@ from redis.asyncio.cluster import RedisCluster
 from tests.redis_servers import server_binary, start_cluster
 
 from bench.test_bench_redis import BURST, GATE, Burst, paired, report, run_once
-from memkv._cluster import ClusterRouter, node_factory
+from memkv._cluster import ClusterRouter, node_factory, slot_of
 from memkv._transport import ConnectionSpec
 
 pytestmark = pytest.mark.redis
@@ -145,3 +145,48 @@ def test_router_execute_many_vs_redis_cluster_mget_nonatomic(
         None,
     )
     run_once(benchmark, runner, ours, BURST)
+
+
+def test_router_vs_the_transport_alone(
+    benchmark: Any, runner: asyncio.Runner, clients: tuple[ClusterRouter, RedisCluster]
+) -> None:
+    """The routing's own cost: the same workload sent straight to each key's node."""
+    router, _ = clients
+    keys = [f"bench-router:{index}".encode() for index in range(KEYS)]
+    connect = node_factory(ConnectionSpec())
+    nodes = {address: connect(*address) for address in router.primaries()}
+    node_of = [nodes[router._slots[slot_of(key)]] for key in keys]  # type: ignore[index]
+
+    async def router_task(task: int, ops: int) -> None:
+        rng = random.Random(task)
+        execute = router.execute
+        for index in range(ops):
+            key = keys[rng.randrange(KEYS)]
+            if index % 10 < SETS_PER_TEN:
+                await execute(key, "SET", key, VALUE)
+            else:
+                await execute(key, "GET", key)
+
+    async def node_task(task: int, ops: int) -> None:
+        rng = random.Random(task)
+        for index in range(ops):
+            position = rng.randrange(KEYS)
+            key = keys[position]
+            if index % 10 < SETS_PER_TEN:
+                await node_of[position].execute("SET", key, VALUE)
+            else:
+                await node_of[position].execute("GET", key)
+
+    ours, theirs = fan_out(router_task), fan_out(node_task)
+    result = runner.run(paired(ours, theirs, BURST * 5))
+    report(
+        benchmark,
+        f"cluster, {TASKS} tasks 90/10, router vs pre-routed Node",
+        "ClusterRouter",
+        "Node",
+        result,
+        None,
+    )
+    run_once(benchmark, runner, ours, BURST)
+    for node in nodes.values():
+        node.close()
