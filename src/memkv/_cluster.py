@@ -22,6 +22,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from memkv._transport import ConnectionSpec, Node
 from memkv.errors import (
+    AccessDeniedError,
     BackendUnavailableError,
     InvalidArgumentError,
     InvalidKeyError,
@@ -44,8 +45,10 @@ DEFAULT_REFRESH_INTERVAL = 0.5
 
 #: Failures of a node's connection (refused, reset, timed out), as opposed to error
 #: replies. ``BackendUnavailableError`` is a ``ConnectionError`` and so an ``OSError``;
-#: ``asyncio.TimeoutError`` is not an ``OSError`` before Python 3.11.
-_CONNECTION_ERRORS = (OSError, asyncio.TimeoutError, EOFError)
+#: ``asyncio.TimeoutError`` is not an ``OSError`` before Python 3.11. An
+#: ``AccessDeniedError`` is a ``PermissionError``, also an ``OSError``: every handler
+#: lets it through first, since it is a refusal, not an outage.
+_CONNECTION_ERRORS = (OSError, asyncio.TimeoutError)
 
 Arg = bytes | str | int | float
 Command = Sequence[Arg]
@@ -257,6 +260,8 @@ class ClusterRouter:
                         raise reply
                     return reply
                 return await connection.execute(*command)
+            except AccessDeniedError:
+                raise
             except _CONNECTION_ERRORS as err:
                 raise self._unavailable(address, err) from err
             except Exception as err:
@@ -327,6 +332,8 @@ class ClusterRouter:
         if not asking:
             try:
                 return await connection.execute_many([commands[index][1] for index in indexes])
+            except AccessDeniedError:
+                raise
             except _CONNECTION_ERRORS as err:
                 raise self._unavailable(address, err) from err
         batch: list[Command] = []
@@ -338,6 +345,8 @@ class ClusterRouter:
             batch.append(commands[index][1])
         try:
             replies = await connection.execute_many(batch)
+        except AccessDeniedError:
+            raise
         except _CONNECTION_ERRORS as err:
             raise self._unavailable(address, err) from err
         return [replies[position] for position in positions]
@@ -356,6 +365,8 @@ class ClusterRouter:
         connection = self._connections.get(node) or self._connection(node)
         try:
             return await connection.execute(*command)
+        except AccessDeniedError:
+            raise
         except _CONNECTION_ERRORS as err:
             raise self._unavailable(node, err) from err
 
@@ -393,7 +404,9 @@ class ClusterRouter:
         for address in candidates:
             try:
                 reply = await self._ask_slots(address)
-            except (*_CONNECTION_ERRORS, BackendUnavailableError) as err:
+            except AccessDeniedError:
+                raise  # every node takes the same credentials: asking on cannot help
+            except _CONNECTION_ERRORS as err:
                 errors.append(f"{address}: {type(err).__name__}")
                 continue
             except Exception as err:  # an error reply: a node outside a cluster, say
