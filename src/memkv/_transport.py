@@ -88,7 +88,10 @@ class ReplyError(BackendError):
 
     def __new__(cls, message: str = "") -> ReplyError:
         target = _REPLY_CLASSES.get(message.split(" ", 1)[0], cls) if cls is ReplyError else cls
-        error: ReplyError = BackendError.__new__(target, message)
+        # The builtin that lays out the instance must allocate it: OSError's for the
+        # AccessDeniedError (a PermissionError) side, else RuntimeError's.
+        allocate = OSError.__new__ if issubclass(target, OSError) else BackendError.__new__
+        error: ReplyError = allocate(target, message)
         return error
 
     def __init__(self, message: str = "") -> None:
@@ -464,6 +467,11 @@ class Connection(asyncio.Protocol):
     def where(self) -> str:
         return self.spec.where
 
+    @property
+    def inflight(self) -> int:
+        """Commands sent or queued and not yet answered (at most ``max_inflight``)."""
+        return self._inflight
+
     def stats(self) -> ConnectionStats:
         """Commands sent and socket writes made so far: their ratio is the batch size."""
         return ConnectionStats(self._commands, self._writes)
@@ -484,11 +492,19 @@ class Connection(asyncio.Protocol):
         return await self._send_many([pack_command(command) for command in commands])
 
     def close(self) -> None:
-        """Close the connection; callers still waiting get ``BackendUnavailableError``."""
+        """Close the connection; callers still waiting get ``BackendUnavailableError``.
+
+        A connection inherited through fork, or whose event loop is closed, is only
+        dropped: its socket cannot be closed from here without harming its owner.
+        """
+        if self._generation != _fork_generation or self._loop.is_closed():
+            if self._closed_because is None:
+                self._orphan()
+            return
         self._fail(
             lambda: BackendUnavailableError(f"the connection to {self.spec.where} was closed")
         )
-        if self._transport is not None and self._generation == _fork_generation:
+        if self._transport is not None:
             self._transport.close()
 
     async def _send(self, packed: bytes) -> Reply:
