@@ -203,6 +203,14 @@ async def test_an_unencodable_argument_is_a_codec_error_and_sends_nothing(
     with pytest.raises(TypeError):
         await conn.execute_many([(b"SET", b"k", b"v"), (b"SET", b"k", object())])  # type: ignore[list-item]
     assert counter.writes == []
+
+
+@pytest.mark.parametrize("size", [0, 100, 8 * 1024 - 1, 8 * 1024, 3 * 1024 * 1024])
+def test_large_and_small_arguments_encode_to_the_same_resp(size: int) -> None:
+    import hiredis
+
+    command = (b"SET", "k\u00e9", b"x" * size, b"PX", 1500, 2.5)
+    assert pack_command(command) == hiredis.pack_command(command)
     assert pack_command([b"GET", b"k"]) == b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
 
 
@@ -642,8 +650,11 @@ async def test_a_twenty_megabyte_value_round_trips(conn: Connection) -> None:
     key = f"{unique_namespace()}:big"
     value = os.urandom(20 * 1024 * 1024)
     small = [conn.execute(b"SET", f"{key}:{index}", index) for index in range(20)]
+    counter = CountingWrites(conn)
     results = await asyncio.gather(conn.execute(b"SET", key, value), *small)
     assert results == [b"OK"] * 21
+    # The value is written from a view beside the small commands, not joined with them.
+    assert [len(data) for data in counter.writes if len(data) >= len(value)] == [len(value)]
     assert await conn.execute(b"GET", key) == value
     await conn.execute(b"DEL", key)
 
