@@ -372,7 +372,7 @@ async def test_the_database_is_selected(redis_url: str) -> None:
     finally:
         db3.close()
         db0.close()
-    with pytest.raises(ReplyError, match="DB index"):
+    with pytest.raises(BackendError, match=r"127\.0\.0\.1:\d+ refused .*DB index"):
         await Connection.open(spec_for(redis_url, db=100000))
 
 
@@ -538,6 +538,24 @@ async def test_a_closed_connection_refuses_commands_and_fails_waiting_callers(
     assert conn.closed
 
 
+async def test_closing_a_node_while_it_connects_fails_the_waiting_callers(
+    redis_server: RedisServer,
+) -> None:
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)  # the handshake never finishes
+    try:
+        node = Node(ConnectionSpec(port=redis_server.port, connect_timeout=5.0))
+        calls = [asyncio.ensure_future(node.execute(b"PING")) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        node.close()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(result, BackendUnavailableError) for result in results)
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    assert await node.execute(b"PING") == b"PONG"
+    node.close()
+
+
 async def test_concurrent_first_calls_share_one_connection_attempt(redis_url: str) -> None:
     node = Node(spec_for(redis_url))
     ids = await asyncio.gather(*(node.execute(b"CLIENT", b"ID") for _ in range(50)))
@@ -641,6 +659,25 @@ async def test_a_caller_cancelled_while_waiting_for_a_slot_gives_it_back(
         assert connection.inflight == 0
     finally:
         connection.close()
+
+
+async def test_callers_waiting_for_a_slot_fail_when_the_connection_is_lost(
+    redis_url: str,
+) -> None:
+    connection = await Connection.open(spec_for(redis_url, max_inflight=1))
+    own_id = await connection.execute(b"CLIENT", b"ID")
+    blocking = asyncio.ensure_future(connection.execute(b"BLPOP", unique_namespace(), 0))
+    queued = [asyncio.ensure_future(connection.execute(b"PING")) for _ in range(5)]
+    await asyncio.sleep(0.02)
+    assert connection.inflight == 1
+    killer = await Connection.open(spec_for(redis_url))
+    await killer.execute(b"CLIENT", b"KILL", b"ID", own_id)
+    killer.close()
+    results = await asyncio.wait_for(
+        asyncio.gather(blocking, *queued, return_exceptions=True), timeout=2
+    )
+    assert all(isinstance(result, BackendUnavailableError) for result in results)
+    assert connection.closed
 
 
 # -- large values --------------------------------------------------------------------------------
