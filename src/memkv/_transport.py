@@ -67,6 +67,8 @@ PushCallback: TypeAlias = Callable[[list[Any]], None]
 DEFAULT_BULK_THRESHOLD = 512 * 1024
 #: Arguments from this size on are encoded by a join instead of by hiredis.
 _LARGE_ARG = 8 * 1024
+#: A large argument is handed to the socket in slices of this size, as it drains.
+_WRITE_SLICE = 256 * 1024
 #: Default bound on commands written and not yet answered, per connection.
 DEFAULT_MAX_INFLIGHT = 4096
 
@@ -364,6 +366,8 @@ class Connection(asyncio.Protocol):
         self._waiters: deque[asyncio.Future[Reply] | _Pipeline] = deque()
         self._pending: list[bytes] = []
         self._pending_large = False
+        # What waits for the socket to drain once a large argument was written.
+        self._outbox: deque[bytes | memoryview] = deque()
         # Slots granted to callers that waited for one and have not queued yet.
         self._reserved = 0
         self._max_inflight = spec.max_inflight
@@ -492,6 +496,10 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        if self._timeout is not None:  # the server reads what we send: progress too
+            self._last_progress = self._loop.time()
+        if self._outbox and self._closed_because is None:
+            self._drain_outbox()
         if self._slot_waiters:
             self._grant_slots()
 
@@ -683,28 +691,39 @@ class Connection(asyncio.Protocol):
         self._pending = []
         transport = self._transport
         assert transport is not None
-        if not self._pending_large:
+        if not self._pending_large and not self._outbox:
             self._writes += 1
             transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
             return
-        # A large argument is written on its own, from a view: joining it with the
-        # small commands around it would copy it once more for nothing.
+        # A large argument goes out from a view, slice by slice as the socket drains
+        # (pause_writing/resume_writing): joining it or handing it to the transport
+        # whole would copy megabytes in one loop iteration, stalling every caller.
         self._pending_large = False
-        chunks: list[bytes | memoryview] = []
+        outbox = self._outbox
         small: list[bytes] = []
         for part in pending:
             if len(part) < _LARGE_ARG:
                 small.append(part)
                 continue
             if small:
-                chunks.append(b"".join(small))
+                outbox.append(b"".join(small))
                 small = []
-            chunks.append(memoryview(part))
+            outbox.append(memoryview(part))
         if small:
-            chunks.append(b"".join(small))
-        self._writes += len(chunks)
-        for chunk in chunks:
-            transport.write(chunk)
+            outbox.append(b"".join(small))
+        self._drain_outbox()
+
+    def _drain_outbox(self) -> None:
+        outbox = self._outbox
+        transport = self._transport
+        assert transport is not None
+        while outbox and not self._writing_paused:
+            chunk = outbox.popleft()
+            if len(chunk) > _WRITE_SLICE:
+                outbox.appendleft(chunk[_WRITE_SLICE:])
+                chunk = chunk[:_WRITE_SLICE]
+            self._writes += 1
+            transport.write(chunk)  # may call pause_writing, which ends the loop
 
     # -- back-pressure ---------------------------------------------------------------------
 
@@ -755,7 +774,10 @@ class Connection(asyncio.Protocol):
             )
 
     def _check_progress(self) -> None:
-        """Time out when the server stayed silent for ``command_timeout`` with work due.
+        """Time out when the server made no progress for ``command_timeout`` with work due.
+
+        Progress is a reply arriving or the socket draining what we wrote (a large
+        value still uploading is progress).
 
         One timer per connection, not one per command: it re-arms for the deadline of
         the last progress, so it fires at most once per timeout while replies flow.
@@ -794,6 +816,7 @@ class Connection(asyncio.Protocol):
             self._watchdog = None
         self._pending = []
         self._pending_large = False
+        self._outbox.clear()
         waiters, self._waiters = self._waiters, deque()
         for waiter in waiters:
             future = waiter.future if type(waiter) is _Pipeline else waiter
