@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
@@ -77,9 +77,9 @@ class NodeConnection(Protocol):
     call; ``close`` drops its connections.
     """
 
-    async def execute(self, *args: Arg) -> Any: ...
+    def execute(self, *args: Arg) -> Awaitable[Any]: ...
 
-    async def execute_many(self, commands: Sequence[Command]) -> list[Any]: ...
+    def execute_many(self, commands: Sequence[Command]) -> Awaitable[list[Any]]: ...
 
     def close(self) -> None: ...
 
