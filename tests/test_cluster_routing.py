@@ -20,6 +20,7 @@ from redis.asyncio.cluster import RedisCluster
 from memkv._cluster import ClusterRouter, NodeAddress, NodeConnection, node_factory, slot_of
 from memkv._transport import ConnectionSpec, RedirectError, ReplyError
 from memkv.errors import (
+    AccessDeniedError,
     BackendUnavailableError,
     InvalidArgumentError,
     InvalidKeyError,
@@ -276,6 +277,40 @@ async def test_a_closed_router_refuses_commands(router: ClusterRouter) -> None:
     await router.close()
     with pytest.raises(StoreClosedError):
         await router.execute(b"k", "GET", b"k")
+
+
+async def test_refused_credentials_and_acl_refusals_are_access_denied_not_outages(
+    cluster_url: str, router: ClusterRouter
+) -> None:
+    namespace = unique_namespace()
+    user, password = f"{namespace}-user", "acl-secret-42"
+    await router.on_every_primary(
+        "ACL", "SETUSER", user, "on", f">{password}", f"~{namespace}:*", "+@all"
+    )
+    try:
+        wrong = node_factory(ConnectionSpec(username=user, password="wrong-secret-17"))
+        with pytest.raises(AccessDeniedError) as refused:
+            await ClusterRouter.open([seed_of(cluster_url)], wrong)
+        assert "wrong-secret-17" not in str(refused.value)
+
+        limited = await ClusterRouter.open(
+            [seed_of(cluster_url)], node_factory(ConnectionSpec(username=user, password=password))
+        )
+        try:
+            allowed, forbidden = f"{namespace}:k".encode(), b"elsewhere:k"
+            assert await limited.execute(allowed, "SET", allowed, b"1") == b"OK"
+            with pytest.raises(AccessDeniedError, match="NOPERM"):
+                await limited.execute(forbidden, "SET", forbidden, b"1")
+            with pytest.raises(AccessDeniedError, match="NOPERM"):
+                await limited.execute_many(
+                    [(allowed, ("GET", allowed)), (forbidden, ("GET", forbidden))]
+                )
+            assert await limited.execute(allowed, "GET", allowed) == b"1"
+            await limited.execute(allowed, "DEL", allowed)
+        finally:
+            await limited.close()
+    finally:
+        await router.on_every_primary("ACL", "DELUSER", user)
 
 
 def test_a_router_moves_to_the_next_event_loop_once_its_loop_has_stopped(
