@@ -528,6 +528,12 @@ async def test_the_router_recovers_when_a_replica_takes_over_a_dead_primary(
         assert elapsed < 5.0
         # 50 failed calls, yet at most one refresh per refresh_interval (0.2 s).
         assert nodes.slot_maps - maps_before <= 1 + elapsed / 0.2
+        # A batch spanning every node fails as a whole, after the live nodes ran theirs.
+        with pytest.raises(BackendUnavailableError, match=str(victim.port)):
+            await router.execute_many([(key, ("SET", key, b"during")) for key in keys])
+        assert await router.execute(elsewhere[0], "GET", elsewhere[0]) == b"during"
+        with pytest.raises(BackendUnavailableError, match=str(victim.port)):
+            await router.on_every_primary("DBSIZE")
 
         await replica_admin.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
         promoted = time.monotonic()
@@ -544,8 +550,8 @@ async def test_the_router_recovers_when_a_replica_takes_over_a_dead_primary(
         assert NodeAddress("127.0.0.1", replica.port) in router.primaries()
         assert victim_address not in router.primaries()
         assert await router.execute_many([(key, ("GET", key)) for key in keys]) == [
-            b"before"
-        ] * len(keys)
+            b"during" if key in elsewhere else b"before" for key in keys
+        ]
         await router.execute_many([(key, ("SET", key, b"after")) for key in on_victim])
         assert await replica_admin.execute_command("GET", on_victim[-1]) == "after"
     finally:

@@ -295,7 +295,14 @@ class ClusterRouter:
                 self._send_group(address, indexes, commands, asking)
                 for address, indexes in groups.items()
             ]
-            outcomes = await asyncio.gather(*batches, return_exceptions=True)
+            outcomes: list[list[Any] | BaseException]
+            if len(batches) == 1:  # one node: no task for gather to wrap it in
+                try:
+                    outcomes = [await batches[0]]
+                except Exception as err:
+                    outcomes = [err]
+            else:
+                outcomes = await asyncio.gather(*batches, return_exceptions=True)
             pending, asking = [], {}
             for (address, indexes), outcome in zip(groups.items(), outcomes, strict=True):
                 if isinstance(outcome, BaseException):
