@@ -313,10 +313,12 @@ async def test_password_authentication_and_refusals_never_show_the_password(
             ConnectionSpec(port=port, password="correct-horse-7", protocol=protocol)
         )
         assert await good.execute(b"PING") == b"PONG"
+        assert repr(good) == f"Connection('127.0.0.1:{port}', RESP{protocol}, inflight=0)"
         good.close()
 
         spec = ConnectionSpec(port=port, password="wrong-battery-9", protocol=protocol)
         assert "wrong-battery-9" not in repr(spec)
+        assert "wrong-battery-9" not in repr(Node(spec))
         with pytest.raises(AccessDeniedError) as refused:
             await Connection.open(spec)
         assert f"127.0.0.1:{port}" in str(refused.value)
