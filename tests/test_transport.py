@@ -313,10 +313,12 @@ async def test_password_authentication_and_refusals_never_show_the_password(
             ConnectionSpec(port=port, password="correct-horse-7", protocol=protocol)
         )
         assert await good.execute(b"PING") == b"PONG"
+        assert repr(good) == f"Connection('127.0.0.1:{port}', RESP{protocol}, inflight=0)"
         good.close()
 
         spec = ConnectionSpec(port=port, password="wrong-battery-9", protocol=protocol)
         assert "wrong-battery-9" not in repr(spec)
+        assert "wrong-battery-9" not in repr(Node(spec))
         with pytest.raises(AccessDeniedError) as refused:
             await Connection.open(spec)
         assert f"127.0.0.1:{port}" in str(refused.value)
@@ -455,7 +457,7 @@ async def test_a_hung_server_times_out_every_waiting_caller_and_the_node_recover
         assert all(isinstance(result, CommandTimeoutError) for result in results)
         assert isinstance(results[0], TimeoutError)
         assert isinstance(results[0], BackendUnavailableError)
-        assert timeout <= elapsed < timeout + 0.25
+        assert timeout <= elapsed < timeout + 0.5  # slack for a busy machine, not the design
         assert first is not None
         assert first.closed
     finally:
@@ -474,7 +476,7 @@ async def test_connecting_to_a_hung_server_gives_up_at_the_connect_timeout(
         started = time.monotonic()
         with pytest.raises(BackendUnavailableError, match="connect_timeout"):
             await Connection.open(ConnectionSpec(port=redis_server.port, connect_timeout=0.2))
-        assert time.monotonic() - started < 0.2 + 0.25
+        assert time.monotonic() - started < 0.2 + 0.5
     finally:
         redis_server.process.send_signal(signal.SIGCONT)
 
@@ -518,7 +520,10 @@ async def test_a_connection_killed_by_the_server_is_replaced_on_next_use(
     killer = await Connection.open(spec_for(redis_url))
     await killer.execute(b"CLIENT", b"KILL", b"ID", first_id)
     killer.close()
-    await asyncio.sleep(0.05)
+    for _ in range(200):  # the server's close reaches us within a loop iteration or two
+        if node.connection is None:
+            break
+        await asyncio.sleep(0.01)
     assert node.connection is None
     second_id = await node.execute(b"CLIENT", b"ID")
     assert second_id != first_id

@@ -381,6 +381,10 @@ class Connection(asyncio.Protocol):
         self._commands = 0
         self._writes = 0
 
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"RESP{self.protocol}"
+        return f"Connection({self.spec.where!r}, {state}, inflight={self.inflight})"
+
     # -- opening ---------------------------------------------------------------------------
 
     @classmethod
