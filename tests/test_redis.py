@@ -148,14 +148,6 @@ async def test_unreachable_server_at_construction_fails_on_first_use_not_before(
 # -- access ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def password_server(tmp_path: Any, redis_binary: str) -> Any:
-    server = RedisServer(redis_binary, tmp_path / "auth", password="correct-horse-7")
-    server.start()
-    yield server
-    server.stop()
-
-
 async def test_wrong_password_is_access_denied_naming_the_server_not_the_password(
     password_server: RedisServer,
 ) -> None:
@@ -807,44 +799,6 @@ async def test_bounded_pool_serves_more_tasks_than_connections(redis_url: str) -
         entries = await asyncio.gather(*(store.get(f"k{index}") for index in range(50)))
         assert [entry.value for entry in entries if entry] == list(range(50))
         await store.clear()
-
-
-@pytest.fixture
-def tls_server(tmp_path: Any, redis_binary: str) -> Any:
-    import shutil
-    import subprocess
-
-    from tests.redis_servers import free_port
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    directory = tmp_path / "tls"
-    directory.mkdir()
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-keyout", "key.pem", "-out", "cert.pem", "-subj", "/CN=127.0.0.1"),
-            *("-addext", "subjectAltName=IP:127.0.0.1"),
-        ],
-        cwd=directory,
-        check=True,
-        capture_output=True,
-    )
-    tls_port = free_port()
-    server = RedisServer(
-        redis_binary,
-        directory,
-        args=[
-            *("--tls-port", str(tls_port), "--tls-auth-clients", "no"),
-            *("--tls-cert-file", "cert.pem", "--tls-key-file", "key.pem"),
-        ],
-    )
-    try:
-        server.start()
-    except RuntimeError:
-        pytest.skip(f"{redis_binary} was built without TLS")
-    yield tls_port, directory / "cert.pem"
-    server.stop()
 
 
 async def test_rediss_url_talks_tls_and_checks_the_certificate(tls_server: Any) -> None:
