@@ -249,6 +249,14 @@ async def test_resp3_push_messages_go_to_the_callback_not_to_a_caller(
         assert await tracked.execute(b"PING") == b"PONG"
         assert [b"invalidate", [key]] in pushes
         assert await tracked.execute(b"GET", key) == b"2"
+        # A push with no command waiting at all is no stray reply either.
+        arrived = asyncio.Event()
+        tracked.on_push = lambda message: arrived.set()
+        await writer.execute(b"SET", key, b"3")
+        await asyncio.wait_for(arrived.wait(), timeout=2)
+        assert tracked.inflight == 0
+        assert await tracked.execute(b"GET", key) == b"3"
+        assert not tracked.closed
     finally:
         tracked.close()
         writer.close()
@@ -725,6 +733,21 @@ async def test_small_reads_wait_behind_a_huge_write_only_on_a_shared_socket(
         assert finished[0] == "big"
     else:  # the big write travels on the second connection
         assert finished[-1] == "big"
+    await node.execute(b"DEL", key)
+    node.close()
+
+
+async def test_a_pipeline_holding_a_large_command_goes_whole_to_the_bulk_connection(
+    redis_url: str,
+) -> None:
+    node = Node(spec_for(redis_url), bulk_threshold=64 * 1024)
+    key = f"{unique_namespace()}:big"
+    big = b"b" * (128 * 1024)
+    main_id = await node.execute(b"CLIENT", b"ID")
+    replies = await node.execute_many([(b"SET", key, big), (b"GET", key), (b"CLIENT", b"ID")])
+    assert replies[:2] == [b"OK", big]
+    assert replies[2] != main_id
+    assert await node.execute(b"CLIENT", b"ID") == main_id
     await node.execute(b"DEL", key)
     node.close()
 
