@@ -8,6 +8,7 @@ back-pressure, large values, fork and event-loop binding.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import signal
@@ -783,17 +784,36 @@ def test_a_connection_belongs_to_the_loop_that_opened_it(redis_url: str) -> None
         loop.close()
 
 
+@pytest.mark.filterwarnings(
+    "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
+)
 def test_a_node_moves_to_the_next_event_loop_once_its_loop_stopped(redis_url: str) -> None:
-    node = Node(spec_for(redis_url))
+    name = unique_namespace()
+    node = Node(spec_for(redis_url, client_name=name))
 
     async def client_id() -> int:
         reply: int = await node.execute(b"CLIENT", b"ID")
         return reply
 
+    async def still_open() -> int:
+        observer = await Connection.open(spec_for(redis_url))
+        try:
+            for _ in range(200):
+                clients = await observer.execute(b"CLIENT", b"LIST")
+                if name.encode() not in clients:
+                    break
+                await asyncio.sleep(0.01)
+            return int(clients.count(f"name={name} ".encode()))
+        finally:
+            observer.close()
+
     first = asyncio.run(client_id())
-    second = asyncio.run(client_id())
+    second = asyncio.run(client_id())  # the first loop's connection is dropped
     assert first != second
-    node.close()
+    node.close()  # the second loop is closed too: dropped as well
+    assert node.connection is None
+    gc.collect()  # their sockets close here, where the mark ignores asyncio's warning
+    assert asyncio.run(still_open()) == 0
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
