@@ -8,6 +8,7 @@ back-pressure, large values, fork and event-loop binding.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import signal
@@ -249,6 +250,14 @@ async def test_resp3_push_messages_go_to_the_callback_not_to_a_caller(
         assert await tracked.execute(b"PING") == b"PONG"
         assert [b"invalidate", [key]] in pushes
         assert await tracked.execute(b"GET", key) == b"2"
+        # A push with no command waiting at all is no stray reply either.
+        arrived = asyncio.Event()
+        tracked.on_push = lambda message: arrived.set()
+        await writer.execute(b"SET", key, b"3")
+        await asyncio.wait_for(arrived.wait(), timeout=2)
+        assert tracked.inflight == 0
+        assert await tracked.execute(b"GET", key) == b"3"
+        assert not tracked.closed
     finally:
         tracked.close()
         writer.close()
@@ -729,6 +738,21 @@ async def test_small_reads_wait_behind_a_huge_write_only_on_a_shared_socket(
     node.close()
 
 
+async def test_a_pipeline_holding_a_large_command_goes_whole_to_the_bulk_connection(
+    redis_url: str,
+) -> None:
+    node = Node(spec_for(redis_url), bulk_threshold=64 * 1024)
+    key = f"{unique_namespace()}:big"
+    big = b"b" * (128 * 1024)
+    main_id = await node.execute(b"CLIENT", b"ID")
+    replies = await node.execute_many([(b"SET", key, big), (b"GET", key), (b"CLIENT", b"ID")])
+    assert replies[:2] == [b"OK", big]
+    assert replies[2] != main_id
+    assert await node.execute(b"CLIENT", b"ID") == main_id
+    await node.execute(b"DEL", key)
+    node.close()
+
+
 # -- fork and event loops ------------------------------------------------------------------------
 
 
@@ -760,17 +784,36 @@ def test_a_connection_belongs_to_the_loop_that_opened_it(redis_url: str) -> None
         loop.close()
 
 
+@pytest.mark.filterwarnings(
+    "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
+)
 def test_a_node_moves_to_the_next_event_loop_once_its_loop_stopped(redis_url: str) -> None:
-    node = Node(spec_for(redis_url))
+    name = unique_namespace()
+    node = Node(spec_for(redis_url, client_name=name))
 
     async def client_id() -> int:
         reply: int = await node.execute(b"CLIENT", b"ID")
         return reply
 
+    async def still_open() -> int:
+        observer = await Connection.open(spec_for(redis_url))
+        try:
+            for _ in range(200):
+                clients = await observer.execute(b"CLIENT", b"LIST")
+                if name.encode() not in clients:
+                    break
+                await asyncio.sleep(0.01)
+            return int(clients.count(f"name={name} ".encode()))
+        finally:
+            observer.close()
+
     first = asyncio.run(client_id())
-    second = asyncio.run(client_id())
+    second = asyncio.run(client_id())  # the first loop's connection is dropped
     assert first != second
-    node.close()
+    node.close()  # the second loop is closed too: dropped as well
+    assert node.connection is None
+    gc.collect()  # their sockets close here, where the mark ignores asyncio's warning
+    assert asyncio.run(still_open()) == 0
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")

@@ -230,10 +230,9 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
-# Connections dropped after a fork or after their event loop stopped. Collecting one
-# would close a socket (and its epoll registration) that the parent process may still
-# use, and a transport whose loop is closed cannot be closed cleanly.
-_ORPHANS: list[Connection] = []
+# Connections inherited through fork and dropped: collecting one would close a socket
+# (and its epoll registration) that the parent process still uses.
+_INHERITED: list[Connection] = []
 
 
 # -- the connection -----------------------------------------------------------------------------
@@ -859,14 +858,21 @@ class Connection(asyncio.Protocol):
             self._transport.abort()
 
     def _orphan(self) -> None:
-        """Give up this connection without touching its socket (fork, dead loop)."""
+        """Give up this connection without touching its socket (fork, dead loop).
+
+        An inherited one is kept referenced for good. One whose loop stopped is left to
+        the garbage collector, whose finalizer closes the socket (with asyncio's
+        ResourceWarning for an unclosed transport): it cannot be closed through a loop
+        that no longer runs.
+        """
         self._closed_because = lambda: BackendUnavailableError(
             f"the connection to {self.spec.where} was abandoned"
         )
         self._waiters.clear()
         self._slot_waiters.clear()
         self._pending = []
-        _ORPHANS.append(self)
+        if self._generation != _fork_generation:
+            _INHERITED.append(self)
 
 
 # -- the node -----------------------------------------------------------------------------------
