@@ -132,15 +132,23 @@ def on_store(store: RedisMemoryStore[Any], plans: Plans) -> Burst:
     return burst
 
 
-def on_execute(execute: Callable[..., Awaitable[Any]], plans: Plans, envelope: bytes) -> Burst:
-    """Raw clients send the store's envelope, so that every client reads valid entries."""
-    commands = [
-        [(b"SET", command[1], envelope) if command[0] == b"SET" else command for command in plan]
+def on_execute(
+    execute: Callable[..., Awaitable[Any]], plans: Plans, envelope: bytes, *, names: bool = False
+) -> Burst:
+    """Raw clients send the store's envelope, so that every client reads valid entries.
+    ``names``: command names as ``str`` (``RedisCluster`` looks them up as such)."""
+    commands: list[list[tuple[Any, ...]]] = [
+        [
+            ("SET" if names else b"SET", command[1], envelope)
+            if command[0] == b"SET"
+            else ("GET" if names else b"GET", command[1])
+            for command in plan
+        ]
         for plan in plans
     ]
     ops = sum(len(plan) for plan in commands)
 
-    async def one_task(plan: list[tuple[bytes, ...]]) -> None:
+    async def one_task(plan: list[tuple[Any, ...]]) -> None:
         for command in plan:
             await execute(*command)
 
@@ -379,7 +387,7 @@ def test_fifty_tasks_on_a_cluster_store(runner: asyncio.Runner, tmp_path: Path) 
         plans = workload(50, CONCURRENT_OPS)
         cluster_bursts = {
             "store": on_store(store, plans),
-            "RedisCluster": on_execute(raw.execute_command, plans, envelope),
+            "RedisCluster": on_execute(raw.execute_command, plans, envelope, names=True),
         }
         if glide_client is not None:
             cluster_bursts["glide"] = on_glide(glide_client, plans, envelope)
