@@ -110,7 +110,9 @@ def report(
 
 def store_plans(plans: Plans) -> list[list[tuple[bool, str]]]:
     """The plans as store calls: ``(is_set, key)`` with the namespace stripped."""
-    return [[(command[0] == b"SET", command[1][6:].decode()) for command in plan] for plan in plans]
+    return [
+        [(command[0] == b"SET", command[1][6:].decode()) for command in plan] for plan in plans
+    ]
 
 
 def on_store(store: RedisMemoryStore[Any], plans: Plans) -> Burst:
@@ -198,7 +200,9 @@ async def open_glide(port: int, cluster: bool = False) -> Any:
         return None
     address = [glide.NodeAddress("127.0.0.1", port)]
     if cluster:
-        return await glide.GlideClusterClient.create(glide.GlideClusterClientConfiguration(address))
+        return await glide.GlideClusterClient.create(
+            glide.GlideClusterClientConfiguration(address)
+        )
     return await glide.GlideClient.create(glide.GlideClientConfiguration(address))
 
 
@@ -250,9 +254,7 @@ def bursts(clients: dict[str, Any], plans: Plans, *names: str) -> dict[str, Burs
         "glide": lambda: on_glide(clients["glide"], plans, envelope),
     }
     return {
-        name: made[name]()
-        for name in names
-        if name != "glide" or clients["glide"] is not None
+        name: made[name]() for name in names if name != "glide" or clients["glide"] is not None
     }
 
 
@@ -347,9 +349,10 @@ def test_server_ceiling(server: RedisServer) -> None:
     binary = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
     if binary is None:
         pytest.skip("no redis-benchmark or valkey-benchmark binary")
+    requests = "20000" if GATE else "500000"
+    options = ["-c", "50", "-P", "16", "-d", "100", "-t", "get,set", "-q", "-n", requests]
     completed = subprocess.run(
-        [binary, "-p", str(server.port), "-c", "50", "-P", "16", "-d", "100", "-t", "get,set"]
-        + ["-q", "-n", "20000" if GATE else "500000"],
+        [binary, "-p", str(server.port), *options],
         capture_output=True,
         text=True,
         timeout=300,

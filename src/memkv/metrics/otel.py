@@ -13,7 +13,10 @@ Registers, each with a ``store`` attribute (the store's name):
 - ``memkv.lookups`` (counter, ``{key}``): keys read by ``get``/``get_many``, by
   ``result`` (``hit``, ``miss``);
 - ``memkv.entries`` (gauge, ``{entry}``): entries held, for stores that know it;
-- ``memkv.expired`` and ``memkv.evictions`` (counters, ``{entry}``).
+- ``memkv.expired`` and ``memkv.evictions`` (counters, ``{entry}``);
+- ``memkv.flight_events`` (counter, ``{event}``): what ``get_or_set`` and ``cached`` did
+  beyond their calls, by ``event`` (``factory_call``, ``factory_error``, ``wait``,
+  ``refresh``, ``lease_wait``).
 
 The callbacks run only when a metric reader collects; each reads the stores' ``stats()``
 (a few microseconds per store). Latency histograms (``store.record_latency()``) are exported by the
@@ -35,6 +38,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from memkv.errors import InvalidArgumentTypeError
 from memkv.metrics import (
+    FLIGHT_EVENTS,
     OTEL_PREFIX,
     StoreSample,
     StoreSource,
@@ -85,6 +89,10 @@ def instrument(meter: Meter, source: StoreSource, prefix: str = "memkv") -> None
     def evictions(sample: StoreSample) -> Iterable[Observation]:
         yield Observation(sample.stats.evictions, {"store": sample.name})
 
+    def flights(sample: StoreSample) -> Iterable[Observation]:
+        for event, count in zip(FLIGHT_EVENTS, sample.stats.flights, strict=True):
+            yield Observation(count, {"store": sample.name, "event": event})
+
     counter, gauge = meter.create_observable_counter, meter.create_observable_gauge
     instruments: list[tuple[Any, str, Observer, str, str]] = [
         (counter, "operations", operations, "{call}", "Store calls by operation and result"),
@@ -92,6 +100,14 @@ def instrument(meter: Meter, source: StoreSource, prefix: str = "memkv") -> None
         (gauge, "entries", entries, "{entry}", "Entries held by the store"),
         (counter, "expired", expired, "{entry}", "Entries dropped because their TTL ran out"),
         (counter, "evictions", evictions, "{entry}", "Entries dropped to respect max_entries"),
+        (
+            counter,
+            "flight_events",
+            flights,
+            "{event}",
+            "get_or_set and cached events: factory calls and errors, waits, refreshes, "
+            "lease waits",
+        ),
     ]
     for create, name, observe, unit, description in instruments:
         create(

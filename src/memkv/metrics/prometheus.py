@@ -22,7 +22,11 @@ Exports, each labelled with the store's name (``store``):
 - ``memkv_expired_total``, ``memkv_evictions_total``: entries dropped by TTL or by
   ``max_entries``;
 - ``memkv_operation_duration_seconds{operation}``: a histogram, for stores that called
-  ``record_latency()``.
+  ``record_latency()``;
+- ``memkv_flight_events_total{event}``: what ``get_or_set`` and ``cached`` did beyond
+  their calls (``StoreStats.flights``): ``factory_call``, ``factory_error``, ``wait``
+  (a caller awaited another caller's factory call), ``refresh`` (a background refresh
+  started) and ``lease_wait`` (a fill waited for another process's Redis lease).
 
 Nothing is computed between scrapes: a scrape reads each store's ``stats()`` once.
 """
@@ -45,6 +49,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     ) from err
 
 from memkv.metrics import (
+    FLIGHT_EVENTS,
     PROMETHEUS_PREFIX,
     StoreSource,
     check_metric_prefix,
@@ -92,7 +97,15 @@ class StoreCollector(Collector):
             "Time spent in store calls, for stores that record latency",
             labels=["store", "operation"],
         )
+        flights = CounterMetricFamily(
+            f"{ns}_flight_events",
+            "get_or_set and cached events: factory calls and errors, waits, refreshes, "
+            "lease waits",
+            labels=["store", "event"],
+        )
         for name, stats, latency in samples:
+            for event, count in zip(FLIGHT_EVENTS, stats.flights, strict=True):
+                flights.add_metric([name, event], count)
             for (operation, result), count in stats.operations.items():
                 operations.add_metric([name, operation, result], count)
             lookups.add_metric([name, "hit"], stats.hits)
@@ -107,7 +120,7 @@ class StoreCollector(Collector):
                     [(_bound(bound), count) for bound, count in histogram.cumulative()],
                     histogram.total,
                 )
-        yield from (operations, lookups, entries, expired, evictions)
+        yield from (operations, lookups, entries, expired, evictions, flights)
         if durations.samples:
             yield durations
 
