@@ -30,6 +30,7 @@ from memkv import __version__, _core_py
 from memkv._core import IMPLEMENTATION, MemoryEntry
 from memkv.benchmark import (
     BASELINE,
+    CONCURRENT_OPERATIONS,
     LOCAL_CYTHON,
     LOCAL_PYTHON,
     OPERATIONS,
@@ -67,7 +68,7 @@ _STORE_LABELS = {
     LOCAL_PYTHON: "local (python)",
     REDIS: "redis",
 }
-_LABELS = {operation.name: operation.label for operation in OPERATIONS}
+_LABELS = {operation.name: operation.label for operation in OPERATIONS + CONCURRENT_OPERATIONS}
 
 #: What a user can cause (bad URL, server down, missing extra, unreadable TLS file) and
 #: should see as one line; anything else is a bug and keeps its traceback.
@@ -200,7 +201,9 @@ async def _run_bench(
             await redis_store.exists(run_prefix)
             entries = min(keys, REDIS_ENTRIES_PER_CALL * redis_ops)
             plans.append((REDIS, redis_store, entries, redis_ops))
-        total = baseline_calls(ops) + sum(planned_calls(calls) for *_, calls in plans)
+        total = baseline_calls(ops) + sum(
+            planned_calls(calls, concurrent=name == REDIS) for name, _, _, calls in plans
+        )
         # No auto-refresh: a rendering thread would steal time from the timed loops, so
         # the bar moves when the benchmark reports (several times a second).
         with Progress(
@@ -229,6 +232,7 @@ async def _run_bench(
                     calls=calls,
                     key_prefix=run_prefix if name == REDIS else "bench:",
                     progress=advance,
+                    concurrent=name == REDIS,
                 )
     return results, redis_description
 
