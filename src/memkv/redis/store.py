@@ -76,19 +76,24 @@ def _hit_or_miss(result: object) -> str:
 
 
 def _operation(
-    name: str, result: Callable[[Any], str] = _ok, *, keyed: bool = False, retried: bool = True
+    name: str,
+    result: Callable[[Any], str] = _ok,
+    *,
+    keyed: bool = False,
+    batch: bool = False,
+    retried: bool = True,
 ) -> Callable[[_Operation[P, R]], _Operation[P, R]]:
     """Run a store operation: bind the store to the running event loop, run it again
     under the store's retry policy after an outage (a store made from a URL; redis-py
     retries by itself for a client passed in), translate a transport, redis-py or socket
     failure into a memkv error (``memkv.redis.errors``), and count the call as ``(name,
     result(returned))`` or ``(name, "error")``. ``keyed``: the first argument is the
-    key, named by errors about its value. ``retried=False``: the operation applies the
-    retry policy itself (``add``).
+    key, named by errors about its value. ``batch``: the first argument may be a one-shot
+    iterator. ``retried=False``: the operation applies the retry policy itself (``add``).
 
     The others are run again whole: each runs commands whose effect is the same when
     they run twice (reads; the envelope ``SET``; ``UNLINK``; ``touch``'s script), see
-    ``docs/redis-transport.md``. A one-shot iterator argument is read into a list first,
+    ``docs/redis-transport.md``. A batch's one-shot iterator is read into a list first,
     so that a retry sees it whole.
     """
 
@@ -98,7 +103,7 @@ def _operation(
             try:
                 if self._loop is not asyncio.get_running_loop():
                     self._bind_loop()
-                if args and isinstance(args[0], Iterator):
+                if batch and args and isinstance(args[0], Iterator):
                     args = (list(args[0]), *args[1:])  # type: ignore[assignment]
                 try:
                     returned = await method(self, *args, **kwargs)
@@ -372,7 +377,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
 
     # -- batches -----------------------------------------------------------------------
 
-    @_operation("get_many")
+    @_operation("get_many", batch=True)
     async def get_many(self, keys: Iterable[str]) -> list[MemoryEntry[T] | None]:
         checked = check_keys(keys)
         if not checked:
@@ -404,7 +409,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             if redis_type not in ("string", "none"):
                 raise CodecError(FOREIGN_TYPE_MESSAGE.format(key=keys[index], where=self._where))
 
-    @_operation("set_many")
+    @_operation("set_many", batch=True)
     async def set_many(
         self,
         items: Mapping[str, T] | Iterable[tuple[str, T]],
@@ -424,7 +429,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         await self._redis.set_many(writes)
         self._sets += len(pairs)
 
-    @_operation("delete_many")
+    @_operation("delete_many", batch=True)
     async def delete_many(self, keys: Iterable[str]) -> int:
         checked = check_keys(keys)
         if not checked:
