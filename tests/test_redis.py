@@ -205,6 +205,55 @@ async def test_a_url_store_carries_concurrent_operations_on_one_connection(
         await admin.aclose()
 
 
+async def test_every_operation_works_on_a_resp2_server(tmp_path: Any, redis_binary: str) -> None:
+    from redis.asyncio import Redis
+
+    # No HELLO: the transport falls back to RESP2 (flat replies, no pushes, AUTH, SELECT).
+    server = RedisServer(
+        redis_binary,
+        tmp_path / "resp2",
+        password=_SECRET,
+        args=["--rename-command", "HELLO", ""],
+    )
+    server.start()
+    try:
+        url = f"redis://:{_SECRET}@127.0.0.1:{server.port}/2"
+        async with RedisMemoryStore(url, namespace="resp2") as store:
+            await store.set("a", {"n": 1}, ttl=60, metadata={"m": True})
+            await store.set_many({"b": 2, "c": 3})
+            entry = await store.get("a")
+            assert entry is not None
+            assert (entry.value, entry.metadata) == ({"n": 1}, {"m": True})
+            assert [e.value if e else None for e in await store.get_many(["a", "x", "c"])] == [
+                {"n": 1},
+                None,
+                3,
+            ]
+            assert await store.exists("b")
+            assert await store.add("d", 4) is True
+            assert await store.add("d", 5) is False
+            assert await store.touch("d", 30) is True
+            assert sorted([key async for key in store.scan()]) == ["a", "b", "c", "d"]
+            assert await store.delete("a") is True
+            assert await store.delete_many(["b", "x"]) == 1
+            assert await store.get_or_set("e", _five) == await store.get("e")
+            admin = Redis(port=server.port, password=_SECRET, db=2, protocol=2)
+            try:
+                await admin.hset(b"resp2:h", "f", "v")
+                with pytest.raises(CodecError, match="'h'"):
+                    await store.get_many(["c", "h"])
+                assert await store.clear() == 4  # c, d, e, h
+                assert await admin.dbsize() == 0  # db 2 was the store's, and is left empty
+            finally:
+                await admin.aclose()
+    finally:
+        server.stop()
+
+
+async def _five() -> int:
+    return 5
+
+
 async def test_unreachable_server_at_construction_fails_on_first_use_not_before() -> None:
     from tests.redis_servers import free_port
 
