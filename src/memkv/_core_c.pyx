@@ -42,20 +42,23 @@ import time
 from datetime import datetime, timezone
 from types import GenericAlias
 
+from memkv._counters import CoreCounters, CoreOperations
+from memkv.entry import MemoryEntry as AnyCoreEntry
 from memkv.errors import InvalidTTLError, ReentrantCallError
 from memkv.validation import (
     MAX_TTL_SECONDS,
     check_clock,
-    check_items,
     check_key,
     check_keys,
     check_max_entries,
     check_metadata,
+    check_pair,
     check_prefix,
+    item_pairs,
     ttl_seconds,
 )
 
-__all__ = ["OPERATION_COUNTERS", "LocalCore", "MemoryEntry", "make_entry"]
+__all__ = ["LocalCore", "MemoryEntry", "make_entry"]
 
 
 cdef extern from "Python.h":
@@ -90,12 +93,6 @@ PURGE_BUDGET = 4
 #: Stale heap items the reference core allows beyond the live ones; this core's
 #: indexed heap never holds a stale item.
 HEAP_SLACK = 64
-#: What each item of ``LocalCore.operations()`` counts: (operation, result).
-OPERATION_COUNTERS = (
-    ("get", "hit"), ("get", "miss"), ("set", "ok"), ("delete", "hit"), ("delete", "miss"),
-    ("exists", "hit"), ("exists", "miss"), ("clear", "ok"),
-    ("get_many", "ok"), ("set_many", "ok"), ("delete_many", "ok"),
-)
 
 cdef enum:
     C_PURGE_BUDGET = 4
@@ -103,8 +100,7 @@ cdef enum:
     # memmove stays cheap, large enough that the index costs ~1.2 pointers per key.
     MAX_SUBLIST = 512
 
-# Call counters, in the order ``LocalCore.operations()`` reports them (the same as the
-# pure-Python core's ``OPERATION_COUNTERS``).
+# Call counters, in the order of ``CoreOperations``' fields.
 cdef enum:
     OP_GET_HIT
     OP_GET_MISS
@@ -345,6 +341,10 @@ cdef class MemoryEntry:
         )
 
 
+# A cdef class cannot subclass the abstract entry, so it is registered as one.
+AnyCoreEntry.register(MemoryEntry)
+
+
 cdef inline MemoryEntry new_entry(object key, object value, object metadata):
     cdef MemoryEntry entry = MemoryEntry.__new__(MemoryEntry)
     entry.heap_pos = -1
@@ -362,6 +362,66 @@ def make_entry(key, value, metadata, double created, double updated, expires):
     entry.c_updated = updated
     entry.c_expires = INFINITY if expires is None else <double>expires
     return entry
+
+
+# -- entries made ahead of a batch write ----------------------------------------------
+
+cdef struct Chain:
+    # Entries not yet stored, each holding one reference owned by the chain, linked
+    # through their ``lru_next`` (unused until an entry is stored). A batch of a million
+    # needs no list of a million pointers, nor pairs, to be freed after the write: such
+    # temporaries, freed among the long-lived entries, fragment the heap.
+    PyObject* head
+    PyObject* tail
+    Py_ssize_t size
+
+
+cdef inline void chain_init(Chain* chain) noexcept:
+    chain.head = NULL
+    chain.tail = NULL
+    chain.size = 0
+
+
+cdef inline void chain_add(Chain* chain, MemoryEntry entry) noexcept:
+    incref(<PyObject*>entry)
+    if chain.tail == NULL:
+        chain.head = <PyObject*>entry
+    else:
+        (<MemoryEntry>chain.tail).lru_next = <PyObject*>entry
+    chain.tail = <PyObject*>entry
+    chain.size += 1
+
+
+cdef void chain_release(Chain* chain) noexcept:
+    """Drop the entries left in ``chain``; may run Python code (their values' ``__del__``)."""
+    cdef PyObject* node = chain.head
+    cdef PyObject* following
+    chain.head = NULL
+    chain.tail = NULL
+    while node != NULL:
+        following = (<MemoryEntry>node).lru_next
+        (<MemoryEntry>node).lru_next = NULL
+        decref(node)
+        node = following
+
+
+cdef inline MemoryEntry checked_entry(object key, object value):
+    return new_entry(exact_key(key), value, None)
+
+
+cdef int make_entries(object items, Chain* made) except -1:
+    """An entry for every pair of ``set_many``'s ``items``, validated as ``check_items`` does."""
+    if type(items) is dict:
+        for key, value in (<dict>items).items():
+            chain_add(made, checked_entry(key, value))
+        return 0
+    for pair in item_pairs(items):
+        if type(pair) is tuple and len(<tuple>pair) == 2:
+            chain_add(made, checked_entry((<tuple>pair)[0], (<tuple>pair)[1]))
+        else:
+            key, value = check_pair(pair)
+            chain_add(made, checked_entry(key, value))
+    return 0
 
 
 # -- KeyIndex -----------------------------------------------------------------------
@@ -394,13 +454,28 @@ cdef inline Py_ssize_t sublist_bisect_right(SubList* sub, PyObject* key) noexcep
     return lo
 
 
+cdef inline Py_ssize_t sublist_growth(Py_ssize_t capacity) noexcept:
+    """The next capacity of a full sublist: doubling while small, then by half, at most
+    ``MAX_SUBLIST`` (it splits on reaching that size)."""
+    if capacity == 0:
+        return 16
+    capacity = 2 * capacity if capacity < 128 else capacity + (capacity >> 1)
+    return MAX_SUBLIST if capacity > MAX_SUBLIST else capacity
+
+
+cdef inline Py_ssize_t split_capacity(Py_ssize_t size) noexcept:
+    """The capacity of a sublist of ``size`` keys made by a split: an eighth to spare."""
+    return size + (size >> 3)
+
+
 @cython.final
 cdef class KeyIndex:
     """The keys in code-point order: a list of sorted C arrays (sortedcontainers' shape).
 
     ``maxes[i]`` is the last key of ``lists[i]``, so finding a key is two bisections,
-    O(log n); inserting or removing one moves at most ``MAX_SUBLIST`` pointers. Holds a
-    reference to each key.
+    O(log n); inserting or removing one moves at most ``MAX_SUBLIST`` key pointers,
+    plus the sublist records after it (O(n / MAX_SUBLIST)) when its sublist splits or
+    empties. Holds a reference to each key.
     """
 
     cdef SubList* lists
@@ -492,7 +567,7 @@ cdef class KeyIndex:
                 i -= 1
         sub = &self.lists[i]
         if sub.size == sub.capacity:
-            capacity = 2 * sub.capacity if sub.capacity else 16
+            capacity = sublist_growth(sub.capacity)
             keys = <PyObject**>PyMem_Realloc(sub.keys, capacity * sizeof(PyObject*))
             if keys == NULL:
                 raise MemoryError()
@@ -522,7 +597,7 @@ cdef class KeyIndex:
         lower = &self.lists[i]
         half = lower.size >> 1
         count = lower.size - half
-        keys = <PyObject**>PyMem_Malloc(MAX_SUBLIST * sizeof(PyObject*))
+        keys = <PyObject**>PyMem_Malloc(split_capacity(count) * sizeof(PyObject*))
         if keys == NULL:
             self.remove_list(i + 1)
             return
@@ -530,8 +605,14 @@ cdef class KeyIndex:
         memmove(keys, &lower.keys[half], count * sizeof(PyObject*))
         upper.keys = keys
         upper.size = count
-        upper.capacity = MAX_SUBLIST
+        upper.capacity = split_capacity(count)
         lower.size = half
+        # Keys written in order never land in the lower half again: give back the room
+        # it no longer needs (if shrinking fails, it keeps that room).
+        keys = <PyObject**>PyMem_Realloc(lower.keys, split_capacity(half) * sizeof(PyObject*))
+        if keys != NULL:
+            lower.keys = keys
+            lower.capacity = split_capacity(half)
         self.maxes[i] = lower.keys[half - 1]
         self.maxes[i + 1] = upper.keys[count - 1]
 
@@ -737,11 +818,18 @@ cdef inline bint is_expired(MemoryEntry entry, double now) noexcept:
 cdef class LocalCore:
     """The synchronous engine behind ``LocalMemoryStore``.
 
-    Complexities (n entries, k keys returned): ``get``/``exists``/``delete`` O(1) plus
-    O(log n) when a key is added or removed from the sorted index; ``set`` O(log n);
-    ``scan_batch`` O(log n + k); ``clear(prefix)`` O(k log n). Expired entries are
-    removed lazily when read, a few at a time on each write (``PURGE_BUDGET``) and all
-    at once by ``purge_expired``.
+    Complexities, n entries held: ``get`` and ``exists`` O(1), or O(log n) when the
+    entry read has expired and is removed; ``delete`` O(log n); ``set`` of a new key
+    O(log n) (the key index and the heap), an overwrite O(1) (O(log n) when it
+    gains, loses or brings forward a deadline), plus up to ``PURGE_BUDGET`` expired
+    entries removed at O(log n) each; the ``_many`` forms the single form per key.
+    ``scan_batch`` O(log n + limit); ``clear(prefix)`` O(k log n) for k matching keys
+    (each leaves the index and the heap on its own); ``clear()`` O(n);
+    ``purge_expired`` O(k log n) for k expired entries, plus O(log n) for each
+    overwritten entry whose kept, earlier deadline has passed (see ``ExpiryQueue``).
+    On top, amortised: the key index moves O(n / MAX_SUBLIST) sublist records when a
+    sublist splits or empties. Expired entries are removed lazily when read, a few at
+    a time on each write (``PURGE_BUDGET``) and all at once by ``purge_expired``.
     """
 
     cdef dict entries
@@ -1138,29 +1226,58 @@ cdef class LocalCore:
 
     def set_many(self, items, ttl=None, metadata=None):
         """Store every pair of ``items``; all are validated before any is written."""
-        pairs = check_items(items)
-        cdef object seconds_obj = ttl_seconds(ttl)
-        cdef double seconds = INFINITY if seconds_obj is None else seconds_obj
-        checked = check_metadata(metadata)
-        cdef list made = [
-            new_entry(key, value, None if checked is None else dict(checked))
-            for key, value in pairs
-        ]
-        for entry in made:
-            memkv_ready(<PyObject*>(<MemoryEntry>entry).c_key)
-        cdef Py_ssize_t budget = C_PURGE_BUDGET * max(1, len(made))
+        cdef Chain made
+        chain_init(&made)
+        cdef PyObject* node
+        cdef PyObject* current = NULL
+        cdef MemoryEntry entry
+        cdef double seconds
         cdef Dropped dropped
         dropped_init(&dropped)
-        cdef double now = self.begin()
         try:
-            for entry in made:
-                (<MemoryEntry>entry).c_expires = now + seconds
-                self.store(<MemoryEntry>entry, now, &dropped)
+            make_entries(items, &made)
+            seconds_obj = ttl_seconds(ttl)
+            seconds = INFINITY if seconds_obj is None else seconds_obj
+            checked = check_metadata(metadata)
+            if checked is not None:
+                node = made.head
+                while node != NULL:
+                    entry = <MemoryEntry>node
+                    entry.c_metadata = dict(checked)
+                    entry.track()
+                    node = entry.lru_next
+        except BaseException:
+            chain_release(&made)
+            raise
+        cdef Py_ssize_t budget = C_PURGE_BUDGET * max(1, made.size)
+        cdef double now
+        try:
+            now = self.begin()
+        except BaseException:
+            chain_release(&made)
+            raise
+        try:
+            while made.head != NULL:
+                current = made.head
+                made.head = (<MemoryEntry>current).lru_next
+                (<MemoryEntry>current).lru_next = NULL
+                (<MemoryEntry>current).c_expires = now + seconds
+                self.store(<MemoryEntry>current, now, &dropped)
+                # The chain's reference: the store holds its own when it kept the entry
+                # (so no dealloc here); one merged into an old entry is released later.
+                if Py_REFCNT(current) > 1:
+                    decref(current)
+                else:
+                    dropped_add(&dropped, current)
+                current = NULL
             self.purge(now, budget, &dropped)
             self.ops[OP_SET_MANY] += 1
         finally:
             self.end()
+            if current != NULL:
+                dropped_add(&dropped, current)
             dropped_release(&dropped)
+            chain_release(&made)
 
     def delete_many(self, keys):
         """Remove ``keys``; returns how many live entries were removed."""
@@ -1291,7 +1408,11 @@ cdef class LocalCore:
         return removed
 
     def purge_expired(self):
-        """Remove every expired entry now; returns how many. O(k log n)."""
+        """Remove every expired entry now; returns how many.
+
+        O(k log n) for k expired entries, plus O(log n) for each overwritten entry whose
+        kept, earlier deadline has passed.
+        """
         cdef Dropped dropped
         dropped_init(&dropped)
         cdef double now = self.begin()
@@ -1305,8 +1426,8 @@ cdef class LocalCore:
         return len(self.entries)
 
     def counters(self):
-        """(gets, hits, misses, sets, deletes, expired, evictions, entries held)."""
-        return (
+        """What the core has done to entries, and how many it holds."""
+        return CoreCounters(
             self.gets,
             self.hits,
             self.misses,
@@ -1318,10 +1439,8 @@ cdef class LocalCore:
         )
 
     def operations(self):
-        """Calls by outcome: get hit/miss, set, delete hit/miss, exists hit/miss, clear,
-        get_many, set_many, delete_many (the order of ``OPERATION_COUNTERS``; scans are
-        counted by the store, when they end)."""
-        return tuple([self.ops[i] for i in range(N_OPS)])
+        """Calls by outcome (scans and failed calls are counted by the store)."""
+        return CoreOperations(*[self.ops[i] for i in range(N_OPS)])
 
     def _heap_size(self):
         """Items in the expiry heap: one per expiring entry, never a stale one."""

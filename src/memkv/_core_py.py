@@ -17,10 +17,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from sortedcontainers import SortedList
 
+from memkv._counters import CoreCounters, CoreOperations
+from memkv.entry import MemoryEntry as AnyCoreEntry
 from memkv.errors import InvalidTTLError, ReentrantCallError
 from memkv.validation import (
     check_clock,
@@ -33,7 +35,7 @@ from memkv.validation import (
     ttl_seconds,
 )
 
-__all__ = ["OPERATION_COUNTERS", "LocalCore", "MemoryEntry", "make_entry"]
+__all__ = ["LocalCore", "MemoryEntry", "make_entry"]
 
 T = TypeVar("T")
 
@@ -42,20 +44,7 @@ _UTC = timezone.utc
 PURGE_BUDGET = 4
 #: Stale heap items allowed beyond the live ones before the heap is rebuilt.
 HEAP_SLACK = 64
-#: What each item of ``LocalCore.operations()`` counts: (operation, result).
-OPERATION_COUNTERS = (
-    ("get", "hit"),
-    ("get", "miss"),
-    ("set", "ok"),
-    ("delete", "hit"),
-    ("delete", "miss"),
-    ("exists", "hit"),
-    ("exists", "miss"),
-    ("clear", "ok"),
-    ("get_many", "ok"),
-    ("set_many", "ok"),
-    ("delete_many", "ok"),
-)
+# Positions in ``LocalCore._ops``, in the order of ``CoreOperations``' fields.
 (
     _GET_HIT,
     _GET_MISS,
@@ -68,14 +57,14 @@ OPERATION_COUNTERS = (
     _GET_MANY,
     _SET_MANY,
     _DELETE_MANY,
-) = range(len(OPERATION_COUNTERS))
+) = range(len(CoreOperations._fields))
 
 
 def _to_datetime(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, _UTC)
 
 
-class MemoryEntry(Generic[T]):
+class MemoryEntry(AnyCoreEntry[T]):
     """One stored value with its key, metadata and timestamps.
 
     ``created_at``, ``updated_at`` and ``expires_at`` are timezone-aware UTC datetimes,
@@ -175,14 +164,18 @@ def make_entry(
     expires: float | None,
 ) -> MemoryEntry[T]:
     """Build an entry from float UNIX timestamps without validation (for stores)."""
-    entry: MemoryEntry[T] = MemoryEntry.__new__(MemoryEntry)
-    entry._key = key
-    entry.value = value
-    entry._metadata = metadata or None
-    entry._created = created
-    entry._updated = updated
-    entry._expires = expires
-    return entry
+    # object.__new__: memkv.MemoryEntry.__new__ only adds a call to this hot path.
+    made: MemoryEntry[T] = _new_object(MemoryEntry)
+    made._key = key
+    made.value = value
+    made._metadata = metadata or None
+    made._created = created
+    made._updated = updated
+    made._expires = expires
+    return made
+
+
+_new_object = object.__new__
 
 
 class _Exclusive:
@@ -219,11 +212,18 @@ class _Exclusive:
 class LocalCore:
     """The synchronous engine behind ``LocalMemoryStore``.
 
-    Complexities (n entries, k keys returned): ``get``/``exists``/``delete`` O(1) plus
-    O(log n) when a key is added or removed from the sorted index; ``set`` O(log n);
-    ``scan_batch`` O(log n + k); ``clear(prefix)`` O(log n + k). Expired entries are
-    removed lazily when read, a few at a time on each write (``PURGE_BUDGET``) and all
-    at once by ``purge_expired``.
+    Complexities, n entries held: ``get`` and ``exists`` O(1), or O(log n) when the
+    entry read has expired and is removed; ``delete`` O(log n); ``set`` O(log n) (the
+    sorted index and the heap), plus up to ``PURGE_BUDGET`` expired entries removed at
+    O(log n) each; the ``_many`` forms the single form per key. ``scan_batch`` O(log n +
+    limit); ``clear(prefix)`` O(k log n) for k matching keys (each leaves the sorted
+    index on its own); ``clear()`` O(n); ``purge_expired`` O((k + s) log n) for k
+    expired entries and s stale heap items. Two amortised costs on top: the sorted
+    index moves O(n / 1000) sublist pointers when a sublist splits or empties
+    (``SortedList``'s load), and the heap is rebuilt in O(n) once stale items outnumber
+    live ones (``HEAP_SLACK``), which a write triggers about once per n overwrites.
+    Expired entries are removed lazily when read, a few at a time on each write
+    (``PURGE_BUDGET``) and all at once by ``purge_expired``.
     """
 
     def __init__(
@@ -247,7 +247,7 @@ class LocalCore:
         self._exclusive = _Exclusive()
         self._gets = self._hits = self._misses = self._sets = 0
         self._deletes = self._expired = self._evictions = 0
-        self._ops = [0] * len(OPERATION_COUNTERS)
+        self._ops = [0] * len(CoreOperations._fields)
 
     @property
     def max_entries(self) -> int | None:
@@ -324,14 +324,13 @@ class LocalCore:
         self,
         key: str,
         value: Any,
-        seconds: float | None,
+        expires: float | None,
         metadata: dict[str, Any] | None,
         now: float,
         dead: list[MemoryEntry[Any]],
     ) -> None:
         entries = self._entries
         old = self._lookup(key, now, dead)
-        expires = None if seconds is None else now + seconds
         if old is None:
             if self._lru and len(entries) >= self._max_entries:  # type: ignore[operator]
                 self._make_room(now, dead)
@@ -374,7 +373,7 @@ class LocalCore:
 
     # -- operations -------------------------------------------------------------
 
-    def get(self, key: str) -> MemoryEntry[Any] | None:
+    def get(self, key: str) -> AnyCoreEntry[Any] | None:
         """Return the live entry for ``key`` or ``None``; counts as a use for LRU."""
         key = check_key(key)
         dead: list[MemoryEntry[Any]] = []
@@ -391,7 +390,8 @@ class LocalCore:
         dead: list[MemoryEntry[Any]] = []
         with self._exclusive:
             now = self.now()
-            self._store(key, value, seconds, checked, now, dead)
+            expires = None if seconds is None else now + seconds
+            self._store(key, value, expires, checked, now, dead)
             self._purge(now, PURGE_BUDGET, dead)
             self._ops[_SET] += 1
 
@@ -413,13 +413,15 @@ class LocalCore:
             self._ops[_EXISTS_HIT if found else _EXISTS_MISS] += 1
             return found
 
-    def get_many(self, keys: Iterable[str]) -> list[MemoryEntry[Any] | None]:
+    def get_many(self, keys: Iterable[str]) -> list[AnyCoreEntry[Any] | None]:
         """Entries for ``keys``, aligned with them (``None`` where missing)."""
         checked = check_keys(keys)
         dead: list[MemoryEntry[Any]] = []
         with self._exclusive:
             now = self.now()
-            entries = [self._fetch(key, now, dead) for key in checked]
+            entries: list[AnyCoreEntry[Any] | None] = [
+                self._fetch(key, now, dead) for key in checked
+            ]
             self._ops[_GET_MANY] += 1
             return entries
 
@@ -431,9 +433,11 @@ class LocalCore:
         dead: list[MemoryEntry[Any]] = []
         with self._exclusive:
             now = self.now()
+            # One float for the whole batch: a million entries share it (and ``now``).
+            expires = None if seconds is None else now + seconds
             for key, value in pairs:
                 copy = None if checked is None else dict(checked)
-                self._store(key, value, seconds, copy, now, dead)
+                self._store(key, value, expires, copy, now, dead)
             self._purge(now, PURGE_BUDGET * max(1, len(pairs)), dead)
             self._ops[_SET_MANY] += 1
 
@@ -508,7 +512,10 @@ class LocalCore:
         return removed
 
     def purge_expired(self) -> int:
-        """Remove every expired entry now; returns how many. O(k log n)."""
+        """Remove every expired entry now; returns how many.
+
+        O((k + s) log n) for k expired entries and s stale heap items popped with them.
+        """
         dead: list[MemoryEntry[Any]] = []
         with self._exclusive:
             return self._purge(self.now(), -1, dead)
@@ -517,10 +524,10 @@ class LocalCore:
         self.purge_expired()
         return len(self._entries)
 
-    def counters(self) -> tuple[int, int, int, int, int, int, int, int]:
-        """(gets, hits, misses, sets, deletes, expired, evictions, entries held)."""
+    def counters(self) -> CoreCounters:
+        """What the core has done to entries, and how many it holds."""
         with self._exclusive:
-            return (
+            return CoreCounters(
                 self._gets,
                 self._hits,
                 self._misses,
@@ -531,10 +538,10 @@ class LocalCore:
                 len(self._entries),
             )
 
-    def operations(self) -> tuple[int, ...]:
-        """Calls by outcome, in the order of ``OPERATION_COUNTERS``."""
+    def operations(self) -> CoreOperations:
+        """Calls by outcome (scans and failed calls are counted by the store)."""
         with self._exclusive:
-            return tuple(self._ops)
+            return CoreOperations(*self._ops)
 
     def _heap_size(self) -> int:
         """Items in the expiry heap, stale ones included (for tests)."""
@@ -577,7 +584,8 @@ class LocalCore:
             now = self.now()
             if self._lookup(key, now, dead) is not None:
                 return False
-            self._store(key, value, seconds, checked, now, dead)
+            expires = None if seconds is None else now + seconds
+            self._store(key, value, expires, checked, now, dead)
             self._purge(now, PURGE_BUDGET, dead)
             return True
 

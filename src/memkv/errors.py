@@ -8,6 +8,7 @@ __all__ = [
     "BackendUnavailableError",
     "CodecError",
     "EventLoopError",
+    "ExtensionUnavailableError",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
     "InvalidKeyError",
@@ -34,6 +35,15 @@ class InvalidArgumentTypeError(MemKVError, TypeError):
 
 class StoreNotFoundError(MemKVError, ValueError):
     """A manager was asked for a store name it does not hold, or has no default."""
+
+
+class ExtensionUnavailableError(MemKVError, ImportError):
+    """The compiled (Cython) local core was asked for where it is not in use.
+
+    Raised by ``LocalMemoryStore(core="cython")`` (and ``memory://?core=cython``) when
+    ``memkv.IMPLEMENTATION`` is ``"python"``: ``MEMKV_NO_EXTENSIONS`` is set, or this is
+    not CPython.
+    """
 
 
 class InvalidTTLError(MemKVError, ValueError):
