@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
+import os
 import signal
 import struct
 import sys
@@ -1181,3 +1182,35 @@ async def test_a_get_that_cannot_decode_counts_as_a_failed_call_only(redis_url: 
         assert (stats.gets, stats.hits, stats.misses) == (0, 0, 0)
         assert stats.operations[("get", "error")] == 1
         await writer.clear()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("kind", ["single", "cluster"])
+def test_a_forked_child_opens_its_own_connections_and_leaves_the_parents_alone(
+    redis_url: str, cluster_url: str, kind: str
+) -> None:
+    store: RedisMemoryStore[Any] = RedisMemoryStore(
+        redis_url if kind == "single" else cluster_url, namespace=unique_namespace()
+    )
+    with asyncio.Runner() as runner:
+        runner.run(store.set("parent", 1))
+        pid = os.fork()
+        if pid == 0:  # the child: a new loop, and the store moves to it
+            code = 1
+            try:
+
+                async def child() -> bool:
+                    await store.set("child", 2)
+                    entry = await store.get("parent")
+                    return entry is not None and entry.value == 1
+
+                code = 0 if asyncio.run(child()) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        # The parent's connection, its loop's registration included, still works.
+        entries = runner.run(store.get_many(["parent", "child"]))
+        assert [entry.value for entry in entries if entry] == [1, 2]
+        runner.run(store.clear())
+        runner.run(store.close())
