@@ -872,6 +872,18 @@ async def test_rediss_url_uses_tls() -> None:
         assert "pw" not in repr(store)
 
 
+def test_a_certificate_file_that_cannot_be_read_is_refused_at_construction(
+    tmp_path: Any,
+) -> None:
+    missing = tmp_path / "private-ca-name.pem"
+    not_a_cert = tmp_path / "private-cert-name.pem"
+    not_a_cert.write_text("not a certificate")
+    for query in (f"ssl_ca_certs={missing}", f"ssl_cert_reqs=none&ssl_certfile={not_a_cert}"):
+        with pytest.raises(InvalidArgumentError, match="ssl_") as info:
+            RedisMemoryStore(f"rediss://127.0.0.1:6380/0?{query}")
+        assert "private-" not in _messages(info.value)
+
+
 async def test_an_existing_client_is_used_and_left_open(redis_url: str) -> None:
     from redis.asyncio import Redis
 
