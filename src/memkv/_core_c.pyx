@@ -9,10 +9,13 @@ through the entries, and the counters are C integers. An entry holding no contai
 hidden from the cyclic GC, and an overwrite reuses the old entry when nothing outside
 the store holds it.
 
-One intended difference from the reference: its lazy heap spends part of a write's
-purge budget on stale items, this heap has none, so an expired (already unreadable)
-entry may be dropped a few writes earlier. ``expired`` and the entries held can differ
-between two purges; everything a caller reads is the same.
+Both cores purge expired entries in the same order (deadline, then key) and count only
+live entries against a write's purge budget, so every answer and counter agrees,
+``purge_expired()``'s count and the entries held included.
+
+Python code can reach an entry while a store files it by pointer (in the heap and the
+LRU list): ``MemoryEntry`` therefore refuses a second ``__init__`` and any attribute
+write but ``value`` (``FrozenEntryError``), and its key survives the cyclic GC.
 
 Thread safety without a per-call lock: with the default clock, an operation never runs
 Python code between reading the clock and leaving its structures consistent, so the GIL
@@ -35,7 +38,7 @@ from cpython.pythread cimport (
     PyThread_release_lock,
     PyThread_type_lock,
 )
-from libc.math cimport INFINITY, NAN, isinf
+from libc.math cimport INFINITY, NAN, isfinite, isinf
 from libc.string cimport memmove
 
 import time
@@ -44,7 +47,12 @@ from types import GenericAlias
 
 from memkv._counters import CoreCounters, CoreOperations
 from memkv.entry import MemoryEntry as AnyCoreEntry
-from memkv.errors import InvalidTTLError, ReentrantCallError
+from memkv.errors import (
+    FrozenEntryError,
+    InvalidArgumentError,
+    InvalidTTLError,
+    ReentrantCallError,
+)
 from memkv.validation import (
     MAX_TTL_SECONDS,
     check_clock,
@@ -197,14 +205,19 @@ cdef class MemoryEntry:
     ``created_at``, ``updated_at`` and ``expires_at`` are timezone-aware UTC datetimes,
     made on access from the C doubles the entry keeps. ``metadata`` is a dict, never
     ``None``. Entries returned by a store are snapshots: a later ``set`` of the same key
-    makes a new entry and leaves this one as it was.
+    makes a new entry and leaves this one as it was. Only ``value`` (and the contents of
+    the ``metadata`` dict) may change after the entry is made: a second ``__init__``, or
+    writing or deleting any other attribute, raises ``FrozenEntryError``, since a store
+    files the entry by its key and expiry.
 
     >>> entry = MemoryEntry("greeting", "hello", metadata={"lang": "en"})
     >>> entry.created_at == entry.updated_at
     True
     """
 
-    cdef object c_key
+    # Typed str: the cyclic GC's tp_clear leaves it alone, so an entry still filed in a
+    # store never loses its key (a str cannot be part of a reference cycle).
+    cdef str c_key
     cdef object c_value
     cdef object c_metadata
     cdef double c_created
@@ -218,15 +231,15 @@ cdef class MemoryEntry:
     cdef Py_ssize_t heap_pos
 
     def __init__(self, key, value, expires_at=None, metadata=None):
+        cdef double expires
+        if self.c_key is not None:
+            # A store holds its entries by pointer, filed under their key and expiry.
+            raise FrozenEntryError("a MemoryEntry is initialised once; make a new one")
         now = time.time()
-        self.c_key = check_key(key)
-        self.c_value = value
-        self.c_metadata = check_metadata(metadata)
-        self.c_created = now
-        self.c_updated = now
-        self.heap_pos = -1
+        key = check_key(key)
+        metadata = check_metadata(metadata)
         if expires_at is None:
-            self.c_expires = INFINITY
+            expires = INFINITY
         elif not isinstance(expires_at, datetime):
             raise InvalidTTLError(
                 f"expires_at must be a datetime or None, not {type(expires_at).__name__}"
@@ -234,7 +247,25 @@ cdef class MemoryEntry:
         elif expires_at.tzinfo is None or expires_at.utcoffset() is None:
             raise InvalidTTLError("expires_at must be timezone-aware")
         else:
-            self.c_expires = expires_at.timestamp()
+            expires = expires_at.timestamp()
+        self.heap_pos = -1
+        self.c_value = value
+        self.c_metadata = metadata
+        self.c_created = now
+        self.c_updated = now
+        self.c_expires = expires
+        self.c_key = key
+
+    def __setattr__(self, name, value):
+        if name != "value":
+            raise FrozenEntryError(
+                f"MemoryEntry.{name} cannot be set: only value may change after creation"
+            )
+        self.c_value = value
+        self.track()
+
+    def __delattr__(self, name):
+        raise FrozenEntryError(f"MemoryEntry.{name} cannot be deleted")
 
     def __class_getitem__(cls, item):
         return GenericAlias(cls, item)
@@ -256,13 +287,8 @@ cdef class MemoryEntry:
 
     @property
     def value(self):
-        """The stored value (held by reference)."""
+        """The stored value (held by reference; the one attribute that may be set)."""
         return self.c_value
-
-    @value.setter
-    def value(self, value):
-        self.c_value = value
-        self.track()
 
     @property
     def metadata(self):
@@ -671,6 +697,19 @@ cdef struct Deadline:
     PyObject* entry
 
 
+cdef inline bint earlier(Deadline a, Deadline b) noexcept:
+    """Heap order: by deadline, then by key, as the reference core's (deadline, key).
+
+    Entries due at the same time (a ``set_many`` with a TTL) are then purged in the
+    same order by both cores, so a bounded purge drops the same ones.
+    """
+    if a.when != b.when:
+        return a.when < b.when
+    return memkv_key_cmp(
+        <PyObject*>(<MemoryEntry>a.entry).c_key, <PyObject*>(<MemoryEntry>b.entry).c_key
+    ) < 0
+
+
 @cython.final
 cdef class ExpiryQueue:
     """A binary min-heap of expiring entries, indexed: each entry knows its position.
@@ -717,7 +756,7 @@ cdef class ExpiryQueue:
         cdef Py_ssize_t parent
         while pos > 0:
             parent = (pos - 1) >> 1
-            if not item.when < self.items[parent].when:
+            if not earlier(item, self.items[parent]):
                 break
             self.place(pos, self.items[parent])
             pos = parent
@@ -731,9 +770,9 @@ cdef class ExpiryQueue:
             child = 2 * pos + 1
             if child >= size:
                 break
-            if child + 1 < size and self.items[child + 1].when < self.items[child].when:
+            if child + 1 < size and earlier(self.items[child + 1], self.items[child]):
                 child += 1
-            if not self.items[child].when < item.when:
+            if not earlier(self.items[child], item):
                 break
             self.place(pos, self.items[child])
             pos = child
@@ -762,12 +801,15 @@ cdef class ExpiryQueue:
         """The entry at the top if it has expired at ``now``, else ``None``.
 
         Raises deadlines kept as lower bounds to the true ones on the way, so every
-        expired entry surfaces, earliest first.
+        expired entry surfaces in (deadline, key) order, as the reference core purges
+        them: an entry whose item still holds a lower bound is not returned before the
+        bound is raised, even when it has expired, since another expired entry may be
+        due before it.
         """
         cdef MemoryEntry entry
         while self.size and self.items[0].when <= now:
             entry = <MemoryEntry>self.items[0].entry
-            if entry.c_expires <= now:
+            if entry.c_expires == self.items[0].when:
                 return entry
             self.items[0].when = entry.c_expires
             self.sift_down(0)
@@ -775,14 +817,14 @@ cdef class ExpiryQueue:
 
     cdef void remove(self, MemoryEntry entry) noexcept:
         cdef Py_ssize_t pos = entry.heap_pos
-        cdef double removed
+        cdef Deadline removed
         entry.heap_pos = -1
         self.size -= 1
         if pos == self.size:
             return
-        removed = self.items[pos].when
+        removed = self.items[pos]
         self.place(pos, self.items[self.size])
-        if self.items[pos].when < removed:
+        if earlier(self.items[pos], removed):
             self.sift_up(pos)
         else:
             self.sift_down(pos)
@@ -805,7 +847,7 @@ cdef class ExpiryQueue:
             assert entry.heap_pos == i, "heap position not recorded"
             assert self.items[i].when <= entry.c_expires, "heap deadline above the entry's"
             if i:
-                assert self.items[(i - 1) >> 1].when <= self.items[i].when, "heap order broken"
+                assert not earlier(self.items[i], self.items[(i - 1) >> 1]), "heap order broken"
 
 
 # -- LocalCore ----------------------------------------------------------------------
@@ -854,8 +896,10 @@ cdef class LocalCore:
         self.heap = ExpiryQueue()
 
     def __init__(self, max_entries=None, clock=None):
-        if self.clock is not None:
-            raise RuntimeError("LocalCore.__init__ may run only once")
+        if self.clock is not None or PyDict_GET_SIZE(<PyObject*>self.entries):
+            # A core made by __new__ works unbounded; turning on LRU for the entries it
+            # holds would leave them out of the LRU list.
+            raise RuntimeError("LocalCore.__init__ may run only once, before any entry")
         max_entries = check_max_entries(max_entries)
         clock = check_clock(clock)
         if clock is None:
@@ -887,7 +931,14 @@ cdef class LocalCore:
         """Current store time: UNIX seconds advanced by the injected clock."""
         if self.lock == NULL:
             return memkv_monotonic() + self.offset
-        return self.clock() + self.offset
+        return self.read_clock()
+
+    cdef double read_clock(self) except? -1.0:
+        cdef double now = self.clock() + self.offset
+        if not isfinite(now):
+            # NaN or an infinite deadline would break the expiry heap's order.
+            raise InvalidArgumentError("the clock returned a time that is not finite")
+        return now
 
     # -- the critical section: clock read plus update, atomic ----------------------
 
@@ -915,7 +966,7 @@ cdef class LocalCore:
                 PyThread_acquire_lock(self.lock, WAIT_LOCK)
         self.lock_owner = me
         try:
-            return self.clock() + self.offset
+            return self.read_clock()
         except BaseException:
             self.end()
             raise
@@ -1036,9 +1087,14 @@ cdef class LocalCore:
         if old is None:
             if self.lru and PyDict_GET_SIZE(<PyObject*>self.entries) >= self.max_size:
                 self.make_room(now, dropped)
-            self.index.insert(key)
             entry.c_created = now
             PyDict_SetItem(<PyObject*>self.entries, key, <PyObject*>entry)
+            try:
+                self.index.insert(key)
+            except MemoryError:
+                # Out of memory: undo, so the index never holds a key the dict lacks.
+                PyDict_DelItem(<PyObject*>self.entries, key)
+                raise
             if self.lru:
                 self.lru_append(entry)
             if expiring:

@@ -9,6 +9,7 @@ __all__ = [
     "CodecError",
     "EventLoopError",
     "ExtensionUnavailableError",
+    "FrozenEntryError",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
     "InvalidKeyError",
@@ -56,6 +57,16 @@ class InvalidKeyError(MemKVError, TypeError):
 
 class InvalidMetadataError(MemKVError, TypeError):
     """Metadata that is not a mapping with ``str`` keys."""
+
+
+class FrozenEntryError(MemKVError, AttributeError):
+    """A change to a ``MemoryEntry`` that only its store may make.
+
+    Raised for a second call of ``__init__`` and for writing or deleting any attribute
+    but ``value`` (``key``, the timestamps, ``metadata``, ``__class__``, …): a store
+    files its entries by key and expiry, so those must not change under it. Like
+    ``dataclasses.FrozenInstanceError``, it is an ``AttributeError``.
+    """
 
 
 class CodecError(MemKVError, TypeError):
