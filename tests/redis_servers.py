@@ -327,6 +327,52 @@ def redis_server(tmp_path: Path, redis_binary: str) -> Iterator[RedisServer]:
         server.stop()
 
 
+@pytest.fixture
+def password_server(tmp_path: Path, redis_binary: str) -> Iterator[RedisServer]:
+    """A private server that requires the password ``correct-horse-7``."""
+    server = RedisServer(redis_binary, tmp_path / "auth", password="correct-horse-7")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path, redis_binary: str) -> Iterator[tuple[int, Path]]:
+    """A private server with a TLS port: ``(tls_port, path of its self-signed cert)``.
+
+    Skips where openssl is missing or the server binary was built without TLS.
+    """
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    directory = tmp_path / "tls"
+    directory.mkdir()
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", "key.pem", "-out", "cert.pem", "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        cwd=directory,
+        check=True,
+        capture_output=True,
+    )
+    tls_port = free_port()
+    server = RedisServer(
+        redis_binary,
+        directory,
+        args=[
+            *("--tls-port", str(tls_port), "--tls-auth-clients", "no"),
+            *("--tls-cert-file", "cert.pem", "--tls-key-file", "key.pem"),
+        ],
+    )
+    try:
+        server.start()
+    except RuntimeError:
+        pytest.skip(f"{redis_binary} was built without TLS")
+    yield tls_port, directory / "cert.pem"
+    server.stop()
+
+
 def unique_namespace() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
 
@@ -408,7 +454,7 @@ def cluster_harness_factory(cluster_url: str) -> Iterator[Callable[[], Awaitable
 
 
 _SERVER_FIXTURES = frozenset(
-    {"redis_url", "cluster_url", "redis_server", "redis_binary"}
+    {"redis_url", "cluster_url", "redis_server", "redis_binary", "password_server", "tls_server"}
     | {"redis_harness_factory", "cluster_harness_factory"}
 )
 

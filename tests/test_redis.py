@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
+import os
 import signal
 import struct
 import sys
@@ -133,6 +134,127 @@ async def test_hung_server_raises_unavailable_within_the_timeouts(
         assert entry.value == 1
 
 
+async def test_an_operation_whose_reply_was_lost_is_retried_and_add_counts_its_own_write(
+    redis_server: RedisServer,
+) -> None:
+    # The server is stopped with add's SET NX in flight: the store times out, drops the
+    # connection and retries on a new one. On SIGCONT the server reads the first SET NX
+    # (already in its socket) and runs it, so the retry's SET NX is refused: add must
+    # still answer True, as the entry is its own; set and delete are retried the same way.
+    store: RedisMemoryStore[Any] = RedisMemoryStore(
+        redis_server.url, namespace=unique_namespace(), socket_timeout=0.2, retries=3
+    )
+    assert redis_server.process is not None
+    async with store:
+        await store.exists("warm")  # connected
+
+        async def stalled(call: Any) -> Any:
+            assert redis_server.process is not None
+            redis_server.process.send_signal(signal.SIGSTOP)
+            try:
+                pending = asyncio.ensure_future(call)
+                await asyncio.sleep(0.35)  # past socket_timeout: the first attempt is lost
+            finally:
+                redis_server.process.send_signal(signal.SIGCONT)
+            return await pending
+
+        async def connections() -> int:
+            info = await store.client.info("stats")
+            return int(info["total_connections_received"])
+
+        before = await connections()
+        assert await stalled(store.add("k", "mine")) is True
+        assert await connections() > before  # the first attempt's connection was dropped
+        entry = await store.get("k")
+        assert entry is not None
+        assert entry.value == "mine"
+        assert await store.add("k", "theirs") is False
+        await stalled(store.set("k", "again"))
+        entry = await store.get("k")
+        assert entry is not None
+        assert entry.value == "again"
+        await stalled(store.delete("k"))  # True or False: the lost attempt may have removed it
+        assert not await store.exists("k")
+        # A batch given as a one-shot generator is retried whole, not as what is left of it.
+        await stalled(store.set_many((f"g{index}", index) for index in range(10)))
+        found = await stalled(store.get_many(f"g{index}" for index in range(10)))
+        assert [entry.value for entry in found if entry] == list(range(10))
+        assert store.stats().operations[("add", "error")] == 0
+
+
+async def test_a_url_store_carries_concurrent_operations_on_one_connection(
+    redis_url: str,
+) -> None:
+    from redis.asyncio import Redis
+
+    name = f"memkv-{unique_namespace()}"
+    base = redis_url.split("?", 1)[0].rsplit("/", 1)[0]
+    store: RedisMemoryStore[Any] = RedisMemoryStore(
+        f"{base}/3?client_name={name}", namespace=unique_namespace()
+    )
+    admin = Redis.from_url(f"{base}/3")
+    try:
+        async with store:
+            await asyncio.gather(*(store.set(f"k{index}", index) for index in range(200)))
+            entries = await asyncio.gather(*(store.get(f"k{index}") for index in range(200)))
+            assert [entry.value for entry in entries if entry] == list(range(200))
+            clients = await admin.client_list()
+            assert [client["db"] for client in clients if client["name"] == name] == ["3"]
+            assert await admin.exists(f"{store.namespace}:k0".encode()) == 1  # in db 3
+            await store.clear()
+    finally:
+        await admin.aclose()
+
+
+async def test_every_operation_works_on_a_resp2_server(tmp_path: Any, redis_binary: str) -> None:
+    from redis.asyncio import Redis
+
+    # No HELLO: the transport falls back to RESP2 (flat replies, no pushes, AUTH, SELECT).
+    server = RedisServer(
+        redis_binary,
+        tmp_path / "resp2",
+        password=_SECRET,
+        args=["--rename-command", "HELLO", ""],
+    )
+    server.start()
+    try:
+        url = f"redis://:{_SECRET}@127.0.0.1:{server.port}/2"
+        async with RedisMemoryStore(url, namespace="resp2") as store:
+            await store.set("a", {"n": 1}, ttl=60, metadata={"m": True})
+            await store.set_many({"b": 2, "c": 3})
+            entry = await store.get("a")
+            assert entry is not None
+            assert (entry.value, entry.metadata) == ({"n": 1}, {"m": True})
+            assert [e.value if e else None for e in await store.get_many(["a", "x", "c"])] == [
+                {"n": 1},
+                None,
+                3,
+            ]
+            assert await store.exists("b")
+            assert await store.add("d", 4) is True
+            assert await store.add("d", 5) is False
+            assert await store.touch("d", 30) is True
+            assert sorted([key async for key in store.scan()]) == ["a", "b", "c", "d"]
+            assert await store.delete("a") is True
+            assert await store.delete_many(["b", "x"]) == 1
+            assert await store.get_or_set("e", _five) == await store.get("e")
+            admin = Redis(port=server.port, password=_SECRET, db=2, protocol=2)
+            try:
+                await admin.hset(b"resp2:h", "f", "v")
+                with pytest.raises(CodecError, match="'h'"):
+                    await store.get_many(["c", "h"])
+                assert await store.clear() == 4  # c, d, e, h
+                assert await admin.dbsize() == 0  # db 2 was the store's, and is left empty
+            finally:
+                await admin.aclose()
+    finally:
+        server.stop()
+
+
+async def _five() -> int:
+    return 5
+
+
 async def test_unreachable_server_at_construction_fails_on_first_use_not_before() -> None:
     from tests.redis_servers import free_port
 
@@ -146,14 +268,6 @@ async def test_unreachable_server_at_construction_fails_on_first_use_not_before(
 
 
 # -- access ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def password_server(tmp_path: Any, redis_binary: str) -> Any:
-    server = RedisServer(redis_binary, tmp_path / "auth", password="correct-horse-7")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_wrong_password_is_access_denied_naming_the_server_not_the_password(
@@ -630,6 +744,7 @@ async def test_cluster_scan_and_clear_cover_every_primary(
     keys = [f"user:{index}" for index in range(300)]
     await cluster_store.set_many({key: index for index, key in enumerate(keys)}, ttl=60)
     cluster = cluster_store.client
+    await cluster.initialize()  # type: ignore[union-attr]  # made on first use of .client
     match = f"{cluster_store.namespace}:*".encode()
     primaries = cluster.get_primaries()  # type: ignore[union-attr]
     assert len(primaries) == 3
@@ -669,6 +784,7 @@ async def test_cluster_node_outage_fails_fast_and_recovers(
             await store.set_many(dict.fromkeys(keys, 1))
             victim = servers[1]
             cluster = store.client
+            await cluster.initialize()  # type: ignore[union-attr]
             on_victim = [
                 key
                 for key in keys
@@ -756,6 +872,18 @@ async def test_rediss_url_uses_tls() -> None:
         assert "pw" not in repr(store)
 
 
+def test_a_certificate_file_that_cannot_be_read_is_refused_at_construction(
+    tmp_path: Any,
+) -> None:
+    missing = tmp_path / "private-ca-name.pem"
+    not_a_cert = tmp_path / "private-cert-name.pem"
+    not_a_cert.write_text("not a certificate")
+    for query in (f"ssl_ca_certs={missing}", f"ssl_cert_reqs=none&ssl_certfile={not_a_cert}"):
+        with pytest.raises(InvalidArgumentError, match="ssl_") as info:
+            RedisMemoryStore(f"rediss://127.0.0.1:6380/0?{query}")
+        assert "private-" not in _messages(info.value)
+
+
 async def test_an_existing_client_is_used_and_left_open(redis_url: str) -> None:
     from redis.asyncio import Redis
 
@@ -807,44 +935,6 @@ async def test_bounded_pool_serves_more_tasks_than_connections(redis_url: str) -
         entries = await asyncio.gather(*(store.get(f"k{index}") for index in range(50)))
         assert [entry.value for entry in entries if entry] == list(range(50))
         await store.clear()
-
-
-@pytest.fixture
-def tls_server(tmp_path: Any, redis_binary: str) -> Any:
-    import shutil
-    import subprocess
-
-    from tests.redis_servers import free_port
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    directory = tmp_path / "tls"
-    directory.mkdir()
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-keyout", "key.pem", "-out", "cert.pem", "-subj", "/CN=127.0.0.1"),
-            *("-addext", "subjectAltName=IP:127.0.0.1"),
-        ],
-        cwd=directory,
-        check=True,
-        capture_output=True,
-    )
-    tls_port = free_port()
-    server = RedisServer(
-        redis_binary,
-        directory,
-        args=[
-            *("--tls-port", str(tls_port), "--tls-auth-clients", "no"),
-            *("--tls-cert-file", "cert.pem", "--tls-key-file", "key.pem"),
-        ],
-    )
-    try:
-        server.start()
-    except RuntimeError:
-        pytest.skip(f"{redis_binary} was built without TLS")
-    yield tls_port, directory / "cert.pem"
-    server.stop()
 
 
 async def test_rediss_url_talks_tls_and_checks_the_certificate(tls_server: Any) -> None:
@@ -1104,3 +1194,35 @@ async def test_a_get_that_cannot_decode_counts_as_a_failed_call_only(redis_url: 
         assert (stats.gets, stats.hits, stats.misses) == (0, 0, 0)
         assert stats.operations[("get", "error")] == 1
         await writer.clear()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("kind", ["single", "cluster"])
+def test_a_forked_child_opens_its_own_connections_and_leaves_the_parents_alone(
+    redis_url: str, cluster_url: str, kind: str
+) -> None:
+    store: RedisMemoryStore[Any] = RedisMemoryStore(
+        redis_url if kind == "single" else cluster_url, namespace=unique_namespace()
+    )
+    with asyncio.Runner() as runner:
+        runner.run(store.set("parent", 1))
+        pid = os.fork()
+        if pid == 0:  # the child: a new loop, and the store moves to it
+            code = 1
+            try:
+
+                async def child() -> bool:
+                    await store.set("child", 2)
+                    entry = await store.get("parent")
+                    return entry is not None and entry.value == 1
+
+                code = 0 if asyncio.run(child()) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        # The parent's connection, its loop's registration included, still works.
+        entries = runner.run(store.get_many(["parent", "child"]))
+        assert [entry.value for entry in entries if entry] == [1, 2]
+        runner.run(store.clear())
+        runner.run(store.close())

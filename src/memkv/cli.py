@@ -30,6 +30,7 @@ from memkv import __version__
 from memkv._core import IMPLEMENTATION
 from memkv.benchmark import (
     BASELINE,
+    CONCURRENT_WORKLOAD,
     LOCAL_CYTHON,
     LOCAL_PYTHON,
     REDIS,
@@ -68,7 +69,7 @@ _STORE_LABELS = {
     LOCAL_PYTHON: "local (python)",
     REDIS: "redis",
 }
-_LABELS = {operation.name: operation.label for operation in WORKLOAD}
+_LABELS = {operation.name: operation.label for operation in WORKLOAD + CONCURRENT_WORKLOAD}
 
 #: What a user can cause (bad URL, server down, missing extra, unreadable TLS file) and
 #: should see as one line; anything else is a bug and keeps its traceback.
@@ -195,7 +196,9 @@ async def _run_bench(
             await redis_store.exists(run_prefix)
             entries = min(keys, REDIS_ENTRIES_PER_CALL * redis_ops)
             plans.append((REDIS, redis_store, entries, redis_ops))
-        total = baseline_calls(ops) + sum(planned_calls(calls) for *_, calls in plans)
+        total = baseline_calls(ops) + sum(
+            planned_calls(calls, concurrent=name == REDIS) for name, _, _, calls in plans
+        )
         # No auto-refresh: a rendering thread would steal time from the timed loops, so
         # the bar moves when the benchmark reports (several times a second).
         with Progress(
@@ -224,6 +227,7 @@ async def _run_bench(
                     calls=calls,
                     key_prefix=run_prefix if name == REDIS else "bench:",
                     progress=advance,
+                    concurrent=name == REDIS,
                 )
     return results, redis_description
 

@@ -11,7 +11,7 @@ import random
 import struct
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from redis.asyncio import Redis
@@ -20,11 +20,19 @@ from redis.asyncio.cluster import RedisCluster
 from memkv.codecs import Codec, codec_id, codec_name, resolve_codec
 from memkv.entry import MemoryEntry
 from memkv.errors import CodecError, EventLoopError, InvalidArgumentError, MemKVError
-from memkv.redis.client import DEFAULT_OPTIONS, AnyRedis, check_options, make_client, server_label
-from memkv.redis.commands import RedisCommands
+from memkv.redis.client import (
+    DEFAULT_OPTIONS,
+    AnyRedis,
+    check_options,
+    connection_spec,
+    make_client,
+    server_label,
+)
+from memkv.redis.commands import ClusterCommands, Commands, NodeCommands, RedisCommands
 from memkv.redis.envelope import ENVELOPE_MAGIC, decode_entry, encode_entry, ttl_milliseconds
-from memkv.redis.errors import FAILURES, FOREIGN_TYPE_MESSAGE, translate
+from memkv.redis.errors import FAILURES, FOREIGN_TYPE_MESSAGE, retryable, translate
 from memkv.redis.lease import LEASE_PREFIX, RELEASE, RENEW, TOUCH
+from memkv.redis.retry import RetryPolicy
 from memkv.singleflight import Fill
 from memkv.store import TTL, BaseMemoryStore, StoreStats, operation_counts
 from memkv.urls import RedisURL, parse_redis_url
@@ -68,12 +76,26 @@ def _hit_or_miss(result: object) -> str:
 
 
 def _operation(
-    name: str, result: Callable[[Any], str] = _ok, *, keyed: bool = False
+    name: str,
+    result: Callable[[Any], str] = _ok,
+    *,
+    keyed: bool = False,
+    batch: bool = False,
+    retried: bool = True,
 ) -> Callable[[_Operation[P, R]], _Operation[P, R]]:
-    """Run a store operation: bind the store to the running event loop, translate a
-    redis-py or socket failure into a memkv error (``memkv.redis.errors``), and count
-    the call as ``(name, result(returned))`` or ``(name, "error")``. ``keyed``: the
-    first argument is the key, named by errors about its value."""
+    """Run a store operation: bind the store to the running event loop, run it again
+    under the store's retry policy after an outage (a store made from a URL; redis-py
+    retries by itself for a client passed in), translate a transport, redis-py or socket
+    failure into a memkv error (``memkv.redis.errors``), and count the call as ``(name,
+    result(returned))`` or ``(name, "error")``. ``keyed``: the first argument is the
+    key, named by errors about its value. ``batch``: the first argument may be a one-shot
+    iterator. ``retried=False``: the operation applies the retry policy itself (``add``).
+
+    The others are run again whole: each runs commands whose effect is the same when
+    they run twice (reads; the envelope ``SET``; ``UNLINK``; ``touch``'s script), see
+    ``docs/redis-transport.md``. A batch's one-shot iterator is read into a list first,
+    so that a retry sees it whole.
+    """
 
     def decorate(method: _Operation[P, R]) -> _Operation[P, R]:
         @functools.wraps(method)
@@ -81,7 +103,15 @@ def _operation(
             try:
                 if self._loop is not asyncio.get_running_loop():
                     self._bind_loop()
-                returned = await method(self, *args, **kwargs)
+                if batch and args and isinstance(args[0], Iterator):
+                    args = (list(args[0]), *args[1:])  # type: ignore[assignment]
+                try:
+                    returned = await method(self, *args, **kwargs)
+                except Exception as err:
+                    retry = self._retry
+                    if retry is None or not retried or not retryable(err):
+                        raise
+                    returned = await retry.again(lambda: method(self, *args, **kwargs), err)
             except Exception as err:
                 self._ops[name, "error"] += 1
                 key = (args[0] if args else kwargs.get("key")) if keyed else None
@@ -105,44 +135,49 @@ def _glob_escape(raw: bytes) -> bytes:
 
 
 class RedisMemoryStore(BaseMemoryStore[T]):
-    """A store on one Redis/Valkey server or a Redis Cluster, built on redis-py's asyncio
-    client (with hiredis).
+    """A store on one Redis/Valkey server or a Redis Cluster.
 
     ``url_or_client`` is a URL (``redis://[user:password@]host:port/db``, ``rediss://``
     for TLS, ``unix:///path/to/redis.sock``, ``redis+cluster://host:port``; see
     ``memkv.urls``), a ``memkv.urls.RedisURL`` parsed from one, or an
     existing ``redis.asyncio.Redis``/``RedisCluster`` made with ``decode_responses=False``
-    (the store then neither configures nor closes it). Every key lives at
-    ``"{namespace}:{key}"``; ``scan`` and ``clear`` never leave the namespace. ``codec``
-    is ``"msgpack"`` (default), ``"json"``, ``"pickle"`` (unsafe on a shared server) or
-    an object with ``encode``/``decode`` (``memkv.codecs``). Metadata is always stored
-    as MessagePack.
+    (the store then neither configures nor closes it, and runs its commands through it).
+    Every key lives at ``"{namespace}:{key}"``; ``scan`` and ``clear`` never leave the
+    namespace. ``codec`` is ``"msgpack"`` (default), ``"json"``, ``"pickle"`` (unsafe on
+    a shared server) or an object with ``encode``/``decode`` (``memkv.codecs``).
+    Metadata is always stored as MessagePack.
+
+    A store made from a URL sends every command through memkv's coalescing transport
+    (``docs/redis-transport.md``): one connection per server (per primary on a
+    cluster, plus one for commands of 512 KiB or more) that carries the commands of
+    every task, those issued during one event-loop iteration in one write, so many
+    tasks sharing one store cost few system calls and no connection pool.
 
     Connection options (URL query parameters too; the URL's values are used unless
-    given here): ``socket_timeout`` (1 s) bounds each command, ``connect_timeout``
-    (1 s) each connection attempt; a failed attempt is retried ``retries`` (3) times
-    after an exponential backoff with jitter from ``backoff_base`` (25 ms) up to
-    ``backoff_cap`` (1 s). When the budget is spent the operation raises
+    given here): ``socket_timeout`` (1 s) is how long the server may stay silent while
+    commands wait for their replies (a large value that keeps flowing is not cut),
+    ``connect_timeout`` (1 s) bounds each connection attempt and its handshake. An
+    operation that meets a refused, lost or silent connection runs again ``retries``
+    (3) times after an exponential backoff with jitter from ``backoff_base`` (25 ms) up
+    to ``backoff_cap`` (1 s); which operations that is safe for is in
+    ``docs/redis-transport.md``. When the budget is spent the operation raises
     ``BackendUnavailableError``: at worst after ``(retries + 1) * (connect_timeout +
     socket_timeout)`` plus the backoff (0.175-0.35 s by default), after just the
     backoff when the server refuses connections. The same store recovers by itself
-    when the server returns. On a cluster, redis-py's cluster client spends
-    ``retries`` on its own loop, which refreshes the slot map between attempts.
-    ``max_connections`` bounds the pool (unbounded by default; when set on one server,
-    callers wait up to ``socket_timeout`` for a free connection; on a cluster it is per
-    node, and a call that finds no free connection fails at once with
-    ``BackendUnavailableError``, as redis-py's cluster pool does). A wrong password or
-    an ACL refusal raises ``AccessDeniedError`` without retrying. Values are sent whole
-    in one command under ``socket_timeout``: raise it for values of many megabytes.
+    when the server returns; on a cluster the slot map is refreshed after a failed node
+    or a ``MOVED`` (``docs/redis-cluster.md``). ``max_connections`` bounds the pool of
+    the redis-py ``client`` only. A wrong password or an ACL refusal raises
+    ``AccessDeniedError`` without retrying.
 
     Costs: ``get``, ``set``, ``delete`` and ``exists`` are one round trip each (``set``
     runs a small cached Lua script, so overwriting keeps ``created_at`` atomically);
-    ``get_many`` is one round trip (``MGET`` and an ``EXISTS`` that tells a key of
-    another Redis type from a missing one; on a cluster one ``MGET`` per node, then
-    ``EXISTS`` of the misses), ``set_many`` one pipeline, ``delete_many`` one
-    ``UNLINK``; ``scan`` and ``clear`` walk the keyspace with ``SCAN`` (every primary on
-    a cluster) and never use ``KEYS`` or ``FLUSHDB``. ``stats()`` counts this client's
-    operations (``expired`` and ``evictions`` are 0, ``entries`` is ``None``).
+    ``get_many`` is one ``MGET`` (one batch per node on a cluster), and a second round
+    trip, ``EXISTS`` of the keys that came back empty, only when some did (it tells a
+    key of another Redis type from a missing one); ``set_many`` one pipelined batch,
+    ``delete_many`` one ``UNLINK`` (one batch per node on a cluster); ``scan`` and
+    ``clear`` walk the keyspace with ``SCAN`` (every primary on a cluster) and never use
+    ``KEYS`` or ``FLUSHDB``. ``stats()`` counts this client's operations (``expired``
+    and ``evictions`` are 0, ``entries`` is ``None``).
 
     >>> import asyncio
     >>> async def main() -> object:
@@ -222,10 +257,20 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         self._codec_id = codec_id(self._codec)
         self._server = server
         self._where = f"Redis {'Cluster ' if cluster else ''}at {server}"
-        # The client comes last: nothing above may fail after a pool exists.
+        # The connections come last: nothing above may fail after they exist.
+        self._redis: Commands
+        self._retry: RetryPolicy | None = None
         if isinstance(url_or_client, (str, RedisURL)):
             make = functools.partial(make_client, client_url, cluster, options, client_options)
-            self._redis = RedisCommands(make(), make)
+            spec = connection_spec(url, options)
+            if cluster:
+                seeds = [(spec.host, spec.port)]
+                self._redis = ClusterCommands(seeds, spec, make)
+            else:
+                self._redis = NodeCommands(spec, make)
+            self._retry = RetryPolicy.equal_jitter(
+                options["retries"], options["backoff_base"], options["backoff_cap"]
+            )
         else:
             self._redis = RedisCommands(url_or_client, None)
         # The event loop the client's connections belong to (None until first used).
@@ -258,9 +303,12 @@ class RedisMemoryStore(BaseMemoryStore[T]):
 
     @property
     def client(self) -> AnyRedis:
-        """The redis-py client underneath (for commands memkv does not wrap).
+        """A redis-py client to the store's server(s), for commands memkv does not wrap.
 
-        A store made from a URL replaces it when it moves to a new event loop.
+        For a store made from a URL it is made on first use, with the URL's options
+        (its own connection pool: the store's operations go through memkv's transport,
+        not through it), and replaced when the store moves to a new event loop or is
+        closed. A client passed in is that client.
         """
         return self._redis.client
 
@@ -325,11 +373,11 @@ class RedisMemoryStore(BaseMemoryStore[T]):
     async def exists(self, key: str) -> bool:
         """Whether the key holds something: an entry, or a value another client stored
         there (which ``get`` refuses with ``CodecError``)."""
-        return await self._redis.exists(self._redis_key(key))
+        return bool(await self._redis.exists(self._redis_key(key)))
 
     # -- batches -----------------------------------------------------------------------
 
-    @_operation("get_many")
+    @_operation("get_many", batch=True)
     async def get_many(self, keys: Iterable[str]) -> list[MemoryEntry[T] | None]:
         checked = check_keys(keys)
         if not checked:
@@ -361,7 +409,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             if redis_type not in ("string", "none"):
                 raise CodecError(FOREIGN_TYPE_MESSAGE.format(key=keys[index], where=self._where))
 
-    @_operation("set_many")
+    @_operation("set_many", batch=True)
     async def set_many(
         self,
         items: Mapping[str, T] | Iterable[tuple[str, T]],
@@ -381,7 +429,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         await self._redis.set_many(writes)
         self._sets += len(pairs)
 
-    @_operation("delete_many")
+    @_operation("delete_many", batch=True)
     async def delete_many(self, keys: Iterable[str]) -> int:
         checked = check_keys(keys)
         if not checked:
@@ -432,9 +480,17 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         finally:
             self._ops["scan", outcome] += 1
 
-    def _scan_redis_keys(self, prefix: str, count: int) -> AsyncIterator[bytes]:
-        """Every Redis key under ``prefix``, once."""
-        return self._redis.scan(_glob_escape(self._redis_key(prefix)) + b"*", count)
+    def _scan_redis_keys(
+        self, prefix: str, count: int, *, retried: bool = True
+    ) -> AsyncIterator[bytes]:
+        """Every Redis key under ``prefix``, once; ``retried``: each page under the retry
+        policy (``clear`` is retried whole instead)."""
+        retry = self._retry
+        return self._redis.scan(
+            _glob_escape(self._redis_key(prefix)) + b"*",
+            count,
+            retry.call if retried and retry is not None else None,
+        )
 
     @_operation("clear")
     async def clear(self, pattern: str | None = None) -> int:
@@ -447,7 +503,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         prefix = check_prefix(pattern)
         removed = 0
         batch: list[bytes] = []
-        async for redis_key in self._scan_redis_keys(prefix, _CLEAR_BATCH):
+        async for redis_key in self._scan_redis_keys(prefix, _CLEAR_BATCH, retried=False):
             batch.append(redis_key)
             if len(batch) >= _CLEAR_BATCH:
                 removed += await self._redis.unlink(batch)
@@ -533,7 +589,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
     #: the factory runs): how long other processes wait for a holder that died.
     lease_ttl: float = 5.0
 
-    @_operation("add", _ok_or_exists, keyed=True)
+    @_operation("add", _ok_or_exists, keyed=True, retried=False)
     async def add(
         self,
         key: str,
@@ -546,10 +602,25 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         redis_key = self._redis_key(key)
         px = ttl_milliseconds(ttl_seconds(ttl))
         envelope = self._encode(value, check_metadata(metadata), time.time(), px)
-        written = await self._redis.set_if_absent(redis_key, envelope, px)
+        try:
+            written = await self._redis.set_if_absent(redis_key, envelope, px)
+        except Exception as err:
+            if self._retry is None:
+                raise
+            written = await self._retry.again(
+                lambda: self._add_again(redis_key, envelope, px), err
+            )
         if written:
             self._sets += 1
         return written
+
+    async def _add_again(self, redis_key: bytes, envelope: bytes, px: int) -> bool:
+        """``add`` after a lost connection: the first ``SET NX`` may have written before
+        the reply was lost, so a refusal counts as written when the key holds this very
+        envelope (its timestamps make it this call's own)."""
+        if await self._redis.set_if_absent(redis_key, envelope, px):
+            return True
+        return await self._redis.get(redis_key) == envelope
 
     @_operation("touch", _hit_or_miss, keyed=True)
     async def touch(self, key: str, ttl: TTL = None) -> bool:
