@@ -1,0 +1,400 @@
+"""The near cache's coherence protocol (``memkv.redis.near_cache``) on the transport,
+against real servers, with a second client that writes behind its back.
+
+Each coherence case of issue 11: another client's write, the fetch/invalidate race,
+own writes, FLUSHDB/FLUSHALL, a killed connection, a timed-out one, an empty restart,
+an ACL that refuses CLIENT TRACKING, and the goal figures (no old value 20 ms after a
+write; eight readers see the last of 50 rewrites).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from memkv._core import MemoryEntry, make_entry
+from memkv._transport import Connection, ConnectionSpec, Node
+from memkv.errors import InvalidArgumentError, InvalidArgumentTypeError, TrackingUnavailableError
+from memkv.redis.near_cache import MISS, NearCache
+from tests.redis_servers import RedisServer, unique_namespace
+
+pytestmark = pytest.mark.redis
+
+
+def spec_for(url: str, **options: Any) -> ConnectionSpec:
+    parts = urlsplit(url)
+    assert parts.hostname is not None
+    assert parts.port is not None
+    return ConnectionSpec(host=parts.hostname, port=parts.port, **options)
+
+
+class Reader:
+    """The store's read path in miniature: the near cache in front of a tracked node."""
+
+    def __init__(self, spec: ConnectionSpec, namespace: str, size: int = 1000) -> None:
+        self.prefix = f"{namespace}:".encode()
+        self.cache = NearCache(size, self.prefix, health_interval=0.05)
+        self.node = Node(
+            spec,
+            on_push=self.cache.on_push,
+            on_ready=self.cache.enable_tracking,
+            on_close=self.cache.connection_closed,
+        )
+        self.served_from_server = 0
+
+    def redis_key(self, key: str) -> bytes:
+        return self.prefix + key.encode()
+
+    async def get(self, key: str) -> bytes | None:
+        found = self.cache.lookup(key)
+        if found is not MISS:
+            return None if found is None else found.value  # type: ignore[no-any-return]
+        token = self.cache.start_read([key])
+        entry: MemoryEntry[bytes] | None = None
+        try:
+            data = await self.node.execute(b"GET", self.redis_key(key))
+        except BaseException:
+            self.cache.finish_read([key], token, None)
+            raise
+        self.served_from_server += 1
+        if data is not None:
+            now = time.time()
+            entry = make_entry(key, data, None, now, now, None)
+        self.cache.finish_read([key], token, [entry])
+        return None if entry is None else entry.value
+
+    async def set(self, key: str, value: bytes) -> None:
+        self.cache.drop([key])
+        try:
+            await self.node.execute(b"SET", self.redis_key(key), value)
+        finally:
+            self.cache.drop([key])
+
+    def close(self) -> None:
+        self.node.close()
+        self.cache.close()
+
+
+@pytest.fixture
+async def reader(redis_url: str) -> AsyncIterator[Reader]:
+    opened = Reader(spec_for(redis_url), unique_namespace())
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+async def other(redis_url: str) -> AsyncIterator[Connection]:
+    """The second client: a plain connection, no tracking, no near cache."""
+    connection = await Connection.open(spec_for(redis_url))
+    yield connection
+    connection.close()
+
+
+async def wait_until(condition: Any, timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.001)
+
+
+# -- another client's writes ------------------------------------------------------------
+
+
+async def test_a_second_reading_is_served_locally(reader: Reader, other: Connection) -> None:
+    await other.execute(b"SET", reader.redis_key("k"), b"v1")
+    assert await reader.get("k") == b"v1"
+    assert await reader.get("k") == b"v1"
+    assert reader.served_from_server == 1
+    stats = reader.cache.stats()
+    assert (stats.hits, stats.misses, stats.entries) == (1, 1, 1)
+
+
+async def test_a_raw_set_by_another_client_drops_the_copy(
+    reader: Reader, other: Connection
+) -> None:
+    await other.execute(b"SET", reader.redis_key("k"), b"v1")
+    assert await reader.get("k") == b"v1"
+    await other.execute(b"SET", reader.redis_key("k"), b"v2")
+    await wait_until(lambda: reader.cache.stats().invalidations == 1)
+    assert await reader.get("k") == b"v2"
+
+
+async def test_a_cached_absence_is_dropped_when_another_client_creates_the_key(
+    reader: Reader, other: Connection
+) -> None:
+    assert await reader.get("new") is None
+    assert await reader.get("new") is None
+    assert reader.served_from_server == 1
+    await other.execute(b"SET", reader.redis_key("new"), b"born")
+    await wait_until(lambda: reader.cache.stats().invalidations == 1)
+    assert await reader.get("new") == b"born"
+
+
+async def test_a_copy_expires_with_its_entry(reader: Reader) -> None:
+    now = time.time()
+    token = reader.cache.start_read(["k"])
+    await reader.node.connect()  # tracking on: fills are allowed
+    reader.cache.finish_read(["k"], token, [make_entry("k", b"v", None, now, now, now + 0.05)])
+    assert reader.cache.lookup("k") is not MISS
+    await asyncio.sleep(0.08)
+    assert reader.cache.lookup("k") is MISS
+
+
+async def test_nothing_is_filled_before_tracking_is_on(reader: Reader) -> None:
+    token = reader.cache.start_read(["k"])
+    reader.cache.finish_read(["k"], token, [None])
+    assert reader.cache.lookup("k") is MISS
+
+
+# -- the fetch/invalidate race ----------------------------------------------------------
+
+
+async def test_an_invalidation_during_a_read_keeps_its_reply_out(
+    reader: Reader, other: Connection
+) -> None:
+    """The reply (v1) is in hand, the fill not yet made, when another client's write is
+    invalidated: the fill is refused, and the next read goes to the server (v2)."""
+    key = reader.redis_key("k")
+    await other.execute(b"SET", key, b"v1")
+    token = reader.cache.start_read(["k"])
+    data = await reader.node.execute(b"GET", key)
+    assert data == b"v1"
+    await other.execute(b"SET", key, b"v2")
+    await wait_until(lambda: reader.cache.stats().invalidations == 1)
+    now = time.time()
+    reader.cache.finish_read(["k"], token, [make_entry("k", data, None, now, now, None)])
+    assert reader.cache.lookup("k") is MISS
+    assert await reader.get("k") == b"v2"
+
+
+async def test_a_flush_during_a_read_keeps_its_reply_out(
+    reader: Reader, other: Connection
+) -> None:
+    await other.execute(b"SET", reader.redis_key("k"), b"v1")
+    token = reader.cache.start_read(["k"])
+    data = await reader.node.execute(b"GET", reader.redis_key("k"))
+    await other.execute(b"FLUSHDB")
+    await wait_until(lambda: reader.cache.stats().flushes == 1)
+    now = time.time()
+    reader.cache.finish_read(["k"], token, [make_entry("k", data, None, now, now, None)])
+    assert reader.cache.lookup("k") is MISS
+    assert await reader.get("k") is None
+
+
+async def test_an_invalidation_of_another_key_does_not_block_a_fill(
+    reader: Reader, other: Connection
+) -> None:
+    await other.execute(b"SET", reader.redis_key("a"), b"1")
+    await reader.get("b")  # tracked, cached as absent
+    token = reader.cache.start_read(["a"])
+    data = await reader.node.execute(b"GET", reader.redis_key("a"))
+    await other.execute(b"SET", reader.redis_key("b"), b"2")
+    await wait_until(lambda: reader.cache.stats().invalidations == 1)
+    now = time.time()
+    reader.cache.finish_read(["a"], token, [make_entry("a", data, None, now, now, None)])
+    assert reader.cache.lookup("a") is not MISS
+
+
+async def test_a_read_racing_a_write_on_a_second_connection_leaves_no_stale_copy(
+    reader: Reader, other: Connection
+) -> None:
+    """Reads queued in the same iteration as a write run before it on the server: the
+    push for the write comes after their replies, and then drops what they filled."""
+    key = reader.redis_key("k")
+    for round_ in range(50):
+        old, new = b"old-%d" % round_, b"new-%d" % round_
+        await other.execute(b"SET", key, old)
+        assert await reader.get("k") in (old, b"new-%d" % (round_ - 1))
+        reads = [asyncio.ensure_future(reader.get("k")) for _ in range(5)]
+        write = other.execute(b"SET", key, new)
+        await asyncio.gather(*reads, write)
+        await asyncio.sleep(0.02)
+        assert await reader.get("k") == new
+
+
+# -- own writes -------------------------------------------------------------------------
+
+
+async def test_an_own_write_leaves_no_stale_copy(reader: Reader) -> None:
+    await reader.set("k", b"v1")
+    assert await reader.get("k") == b"v1"
+    await reader.set("k", b"v2")
+    assert await reader.get("k") == b"v2"  # no wait: dropped before set returned
+
+
+async def test_a_read_in_flight_across_an_own_write_fills_nothing(reader: Reader) -> None:
+    await reader.set("k", b"v1")
+    token = reader.cache.start_read(["k"])
+    data = await reader.node.execute(b"GET", reader.redis_key("k"))
+    await reader.set("k", b"v2")
+    now = time.time()
+    reader.cache.finish_read(["k"], token, [make_entry("k", data, None, now, now, None)])
+    assert await reader.get("k") == b"v2"
+
+
+# -- flushes by another client ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [(b"FLUSHDB",), (b"FLUSHALL",)])
+async def test_a_flush_by_another_client_empties_the_cache(
+    reader: Reader, other: Connection, command: tuple[bytes, ...]
+) -> None:
+    await other.execute(b"SET", reader.redis_key("k"), b"v1")
+    assert await reader.get("k") == b"v1"
+    await other.execute(*command)
+    await wait_until(lambda: reader.cache.stats().flushes == 1)
+    assert reader.cache.stats().entries == 0
+    assert await reader.get("k") is None
+
+
+# -- lost connections -------------------------------------------------------------------
+
+
+async def test_a_killed_connection_flushes_and_tracking_returns_on_reconnect(
+    reader: Reader, other: Connection
+) -> None:
+    key = reader.redis_key("k")
+    await other.execute(b"SET", key, b"v1")
+    assert await reader.get("k") == b"v1"
+    await other.execute(b"CLIENT", b"KILL", b"SKIPME", b"yes", b"TYPE", b"normal")
+    await wait_until(lambda: reader.cache.stats().flushes == 1)
+    other = await Connection.open(other.spec)
+    try:
+        await other.execute(b"SET", key, b"v2")
+        assert await reader.get("k") == b"v2"  # a new connection, tracking on again
+        await other.execute(b"SET", key, b"v3")
+        await wait_until(lambda: reader.cache.stats().invalidations == 1)
+        assert await reader.get("k") == b"v3"
+    finally:
+        other.close()
+
+
+async def test_an_empty_restart_never_serves_the_old_copy(
+    redis_server: RedisServer,
+) -> None:
+    reader = Reader(spec_for(redis_server.url), unique_namespace())
+    try:
+        await reader.set("k", b"v1")
+        assert await reader.get("k") == b"v1"
+        redis_server.kill()
+        # The restart runs in a thread, as an outage does: the loop keeps running.
+        await asyncio.to_thread(redis_server.start)
+        assert await reader.get("k") is None
+        assert reader.cache.stats().flushes == 1
+    finally:
+        reader.close()
+
+
+async def test_a_silent_server_times_the_connection_out_and_flushes(
+    redis_server: RedisServer,
+) -> None:
+    """SIGSTOP: no reset arrives, as in a partition. The health PING times out."""
+    spec = spec_for(redis_server.url, command_timeout=0.2)
+    reader = Reader(spec, unique_namespace())
+    try:
+        await reader.set("k", b"v1")
+        assert await reader.get("k") == b"v1"
+        assert redis_server.process is not None
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            await wait_until(lambda: reader.cache.stats().flushes == 1, timeout=3.0)
+            assert reader.cache.lookup("k") is MISS
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+    finally:
+        reader.close()
+
+
+# -- refusals and bad input -------------------------------------------------------------
+
+
+async def test_an_acl_without_client_tracking_is_a_typed_error_naming_it(
+    redis_url: str, other: Connection
+) -> None:
+    user, password = f"{unique_namespace()}-user", "acl-secret-42"
+    await other.execute(
+        b"ACL", b"SETUSER", user, b"on", f">{password}", b"~*", b"+@all", b"-client|tracking"
+    )
+    try:
+        reader = Reader(spec_for(redis_url, username=user, password=password), "ns")
+        with pytest.raises(TrackingUnavailableError, match=r"client\|tracking") as caught:
+            await reader.get("k")
+        assert password not in str(caught.value)
+        assert reader.cache.lookup("k") is MISS
+        reader.close()
+    finally:
+        await other.execute(b"ACL", b"DELUSER", user)
+
+
+async def test_a_resp2_connection_is_refused_for_tracking(redis_url: str) -> None:
+    reader = Reader(spec_for(redis_url, protocol=2), "ns")
+    with pytest.raises(TrackingUnavailableError, match="RESP3"):
+        await reader.get("k")
+    reader.close()
+
+
+@pytest.mark.parametrize(
+    ("size", "error"),
+    [
+        (0, InvalidArgumentError),
+        (-5, InvalidArgumentError),
+        (1.5, InvalidArgumentTypeError),
+        ("10", InvalidArgumentTypeError),
+        (True, InvalidArgumentTypeError),
+        (None, InvalidArgumentTypeError),
+    ],
+)
+def test_a_size_that_is_not_a_positive_int_is_refused(size: Any, error: type) -> None:
+    with pytest.raises(error, match="near_cache"):
+        NearCache(size, b"ns:")
+
+
+# -- goal figures -----------------------------------------------------------------------
+
+
+async def test_no_read_returns_the_old_value_20_ms_after_another_clients_write(
+    reader: Reader, other: Connection
+) -> None:
+    """1,000 writes, 100 keys at a time: each key cached, rewritten by the other client,
+    read again once 20 ms passed since its write returned."""
+    keys = [f"hot-{index}" for index in range(100)]
+    stale = 0
+    for round_ in range(10):
+        for key in keys:
+            await reader.get(key)
+            assert reader.cache.lookup(key) is not MISS
+        for key in keys:
+            await other.execute(b"SET", reader.redis_key(key), b"%d" % round_)
+        await asyncio.sleep(0.02)
+        for key in keys:
+            stale += await reader.get(key) != b"%d" % round_
+    assert stale == 0
+
+
+async def test_eight_readers_see_the_last_of_fifty_rewrites(
+    reader: Reader, other: Connection
+) -> None:
+    key = reader.redis_key("hot")
+    for trial in range(20):
+        stop = asyncio.Event()
+
+        async def read_until_stopped(stop: asyncio.Event) -> None:
+            while not stop.is_set():
+                await reader.get("hot")
+                await asyncio.sleep(0)
+
+        readers = [asyncio.ensure_future(read_until_stopped(stop)) for _ in range(8)]
+        for write in range(50):
+            await other.execute(b"SET", key, b"%d-%d" % (trial, write))
+        await asyncio.sleep(0.02)
+        seen = await asyncio.gather(*(reader.get("hot") for _ in range(8)))
+        stop.set()
+        await asyncio.gather(*readers)
+        assert seen == [b"%d-49" % trial] * 8
