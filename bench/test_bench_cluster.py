@@ -21,8 +21,8 @@ from redis.asyncio.cluster import RedisCluster
 from tests.redis_servers import server_binary, start_cluster
 
 from bench.test_bench_redis import BURST, GATE, Burst, paired, report, run_once
-from memkv._cluster import ClusterRouter, node_factory, slot_of
-from memkv._transport import ConnectionSpec
+from memkv.redis.cluster import ClusterRouter, node_factory, slot_of
+from memkv.redis.transport import ConnectionSpec
 
 pytestmark = pytest.mark.redis
 

@@ -1,11 +1,11 @@
-"""The coalescing transport (``memkv._transport``) against raw redis-py and a bare client.
+"""The coalescing transport (``memkv.redis.transport``) against raw redis-py and a bare client.
 
 Issue 10's workload: tasks sharing one client do 90 % GET / 10 % SET of 100-byte values
 over 10,000 keys. Three clients run it in the same event loop on the same server, in
 rotating order (A B C, B C A, C A B, ...), and every figure is the median of the
 per-round ratios:
 
-- ``transport``: ``memkv._transport.Node`` (what ``RedisMemoryStore`` will sit on);
+- ``transport``: ``memkv.redis.transport.Node`` (what ``RedisMemoryStore`` will sit on);
 - ``redis-py``: ``redis.asyncio.Redis`` with its default pool (the baseline);
 - ``bare``: the ~60-line coalescing client below, the ceiling reference (no timeouts, no
   back-pressure, no error handling, no reconnection).
@@ -36,7 +36,7 @@ import pytest
 from tests.redis_servers import RedisServer, server_binary
 
 from bench.conftest import Figure, record
-from memkv._transport import ConnectionSpec, Node
+from memkv.redis.transport import ConnectionSpec, Node
 
 pytestmark = pytest.mark.redis
 

@@ -17,8 +17,8 @@ import pytest
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
 
-from memkv._cluster import ClusterRouter, NodeAddress, NodeConnection, node_factory, slot_of
-from memkv._transport import ConnectionSpec, RedirectError, ReplyError
+from memkv.redis.cluster import ClusterRouter, NodeAddress, NodeConnection, node_factory, slot_of
+from memkv.redis.transport import ConnectionSpec, RedirectError, ReplyError
 from memkv.errors import (
     AccessDeniedError,
     BackendUnavailableError,

@@ -1,4 +1,4 @@
-"""The coalescing RESP transport (``memkv._transport``) against real servers.
+"""The coalescing RESP transport (``memkv.redis.transport``) against real servers.
 
 Batching, ordering, pipelines, error replies, RESP2/RESP3 and pushes, authentication,
 TLS, unix sockets, timeouts on a hung server, outages and recovery, cancellation,
@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from memkv._transport import (
+from memkv.redis.transport import (
     AccessReplyError,
     CommandTimeoutError,
     Connection,

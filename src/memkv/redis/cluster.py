@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Protocol
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from memkv._transport import ConnectionSpec, Node
+from memkv.redis.transport import ConnectionSpec, Node
 from memkv.errors import (
     AccessDeniedError,
     BackendUnavailableError,
