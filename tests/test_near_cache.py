@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from memkv._core import MemoryEntry, make_entry
-from memkv._transport import Connection, ConnectionSpec, Node
+from memkv.redis.transport import Connection, ConnectionSpec, Node
 from memkv.errors import InvalidArgumentError, InvalidArgumentTypeError, TrackingUnavailableError
 from memkv.redis.near_cache import MISS, NearCache
 from tests.redis_servers import RedisServer, unique_namespace

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from memkv._core import LocalCore, MemoryEntry
-from memkv._transport import Connection, ReplyError
+from memkv.redis.transport import Connection, ReplyError
 from memkv.errors import InvalidArgumentTypeError, TrackingUnavailableError
 from memkv.validation import check_max_entries
 
