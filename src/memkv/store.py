@@ -17,6 +17,7 @@ __all__ = [
     "TTL",
     "BaseMemoryStore",
     "MemoryStore",
+    "NearCacheStats",
     "OperationCounts",
     "StoreStats",
     "operation_counts",
@@ -85,6 +86,24 @@ def operation_counts(counted: Mapping[tuple[str, str], int]) -> OperationCounts:
     )
 
 
+class NearCacheStats(NamedTuple):
+    """An immutable snapshot of a near cache's counters (``RedisMemoryStore(near_cache=N)``).
+
+    ``hits``/``misses`` count keys looked up in the near cache (a miss is then read from
+    the server); ``invalidations`` counts keys the server said another write changed;
+    ``flushes`` counts times the whole near cache was emptied (a ``FLUSHDB``/``FLUSHALL``,
+    a lost, timed-out or replaced connection, a fork); ``entries`` is how many copies it
+    holds now (known absences included), at most ``max_entries``.
+    """
+
+    max_entries: int
+    entries: int
+    hits: int
+    misses: int
+    invalidations: int
+    flushes: int
+
+
 class StoreStats(NamedTuple):
     """An immutable snapshot of a store's counters.
 
@@ -100,6 +119,10 @@ class StoreStats(NamedTuple):
     ``get_many`` of 100 keys is one ``("get_many", "ok")`` and 100 ``gets``. A scan
     counts once, when it ends: ``ok`` when exhausted or closed early, ``error`` if it
     fails (counters only ever grow). Stores that do not count calls leave it empty.
+
+    ``near_cache`` holds the near cache's own counters on a ``RedisMemoryStore`` made
+    with ``near_cache=N`` (``None`` otherwise); ``hits``/``misses`` above count what
+    the store returned, wherever it was found.
     """
 
     gets: int = 0
@@ -111,6 +134,7 @@ class StoreStats(NamedTuple):
     evictions: int = 0
     entries: int | None = None
     operations: OperationCounts = OperationCounts()
+    near_cache: NearCacheStats | None = None
 
     @property
     def hit_rate(self) -> float:

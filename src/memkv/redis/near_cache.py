@@ -34,11 +34,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from memkv._core import LocalCore, MemoryEntry
-from memkv.redis.transport import Connection, ReplyError
 from memkv.errors import InvalidArgumentTypeError, TrackingUnavailableError
+from memkv.redis.transport import Connection, ReplyError
+from memkv.store import NearCacheStats
 from memkv.validation import check_max_entries
 
-__all__ = ["MISS", "NearCache", "NearCacheStats", "ReadToken"]
+__all__ = ["MISS", "NearCache", "ReadToken"]
 
 #: What ``lookup`` returns when the cache holds nothing for the key: ask the server.
 MISS: Any = object()
@@ -58,23 +59,6 @@ def _flush_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_flush_after_fork)
-
-
-class NearCacheStats(NamedTuple):
-    """Counters of a near cache since it was made.
-
-    ``hits``/``misses`` count keys looked up in it (a miss goes to the server);
-    ``invalidations`` counts keys the server invalidated; ``flushes`` counts times it
-    was emptied (null invalidation, lost or given-up connection, fork); ``entries`` is
-    how many copies it holds now (cached absences included), at most ``max_entries``.
-    """
-
-    max_entries: int
-    entries: int
-    hits: int
-    misses: int
-    invalidations: int
-    flushes: int
 
 
 class ReadToken(NamedTuple):
