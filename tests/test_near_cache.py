@@ -13,17 +13,20 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
 from memkv._core import MemoryEntry, make_entry
-from memkv.redis.transport import Connection, ConnectionSpec, Node
 from memkv.errors import InvalidArgumentError, InvalidArgumentTypeError, TrackingUnavailableError
+from memkv.redis.cluster import ClusterRouter, slot_of
 from memkv.redis.near_cache import MISS, NearCache
-from tests.redis_servers import RedisServer, unique_namespace
+from memkv.redis.transport import Connection, ConnectionSpec, Node
+from tests.redis_servers import RedisServer, start_cluster, unique_namespace
 
 pytestmark = pytest.mark.redis
 
@@ -36,21 +39,32 @@ def spec_for(url: str, **options: Any) -> ConnectionSpec:
 
 
 class Reader:
-    """The store's read path in miniature: the near cache in front of a tracked node."""
+    """The store's read path in miniature: the near cache in front of a tracked node
+    (or, with ``router``, of a cluster router whose nodes are tracked)."""
 
     def __init__(self, spec: ConnectionSpec, namespace: str, size: int = 1000) -> None:
+        self.spec = spec
         self.prefix = f"{namespace}:".encode()
         self.cache = NearCache(size, self.prefix, health_interval=0.05)
-        self.node = Node(
-            spec,
+        self.node = self.connect(spec.host, spec.port)
+        self.router: ClusterRouter | None = None
+        self.served_from_server = 0
+
+    def connect(self, host: str, port: int) -> Node:
+        return Node(
+            replace(self.spec, host=host, port=port),
             on_push=self.cache.on_push,
             on_ready=self.cache.enable_tracking,
             on_close=self.cache.connection_closed,
         )
-        self.served_from_server = 0
 
     def redis_key(self, key: str) -> bytes:
         return self.prefix + key.encode()
+
+    def execute(self, redis_key: bytes, *command: Any) -> Any:
+        if self.router is not None:
+            return self.router.execute(redis_key, *command)
+        return self.node.execute(*command)
 
     async def get(self, key: str) -> bytes | None:
         found = self.cache.lookup(key)
@@ -58,8 +72,9 @@ class Reader:
             return None if found is None else found.value  # type: ignore[no-any-return]
         token = self.cache.start_read([key])
         entry: MemoryEntry[bytes] | None = None
+        redis_key = self.redis_key(key)
         try:
-            data = await self.node.execute(b"GET", self.redis_key(key))
+            data = await self.execute(redis_key, b"GET", redis_key)
         except BaseException:
             self.cache.finish_read([key], token, None)
             raise
@@ -72,13 +87,16 @@ class Reader:
 
     async def set(self, key: str, value: bytes) -> None:
         self.cache.drop([key])
+        redis_key = self.redis_key(key)
         try:
-            await self.node.execute(b"SET", self.redis_key(key), value)
+            await self.execute(redis_key, b"SET", redis_key, value)
         finally:
             self.cache.drop([key])
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.node.close()
+        if self.router is not None:
+            await self.router.close()
         self.cache.close()
 
 
@@ -86,7 +104,7 @@ class Reader:
 async def reader(redis_url: str) -> AsyncIterator[Reader]:
     opened = Reader(spec_for(redis_url), unique_namespace())
     yield opened
-    opened.close()
+    await opened.close()
 
 
 @pytest.fixture
@@ -289,7 +307,7 @@ async def test_an_empty_restart_never_serves_the_old_copy(
         assert await reader.get("k") is None
         assert reader.cache.stats().flushes == 1
     finally:
-        reader.close()
+        await reader.close()
 
 
 async def test_a_silent_server_times_the_connection_out_and_flushes(
@@ -309,7 +327,7 @@ async def test_a_silent_server_times_the_connection_out_and_flushes(
         finally:
             os.kill(redis_server.process.pid, signal.SIGCONT)
     finally:
-        reader.close()
+        await reader.close()
 
 
 # -- refusals and bad input -------------------------------------------------------------
@@ -328,7 +346,7 @@ async def test_an_acl_without_client_tracking_is_a_typed_error_naming_it(
             await reader.get("k")
         assert password not in str(caught.value)
         assert reader.cache.lookup("k") is MISS
-        reader.close()
+        await reader.close()
     finally:
         await other.execute(b"ACL", b"DELUSER", user)
 
@@ -337,7 +355,7 @@ async def test_a_resp2_connection_is_refused_for_tracking(redis_url: str) -> Non
     reader = Reader(spec_for(redis_url, protocol=2), "ns")
     with pytest.raises(TrackingUnavailableError, match="RESP3"):
         await reader.get("k")
-    reader.close()
+    await reader.close()
 
 
 @pytest.mark.parametrize(
@@ -398,3 +416,123 @@ async def test_eight_readers_see_the_last_of_fifty_rewrites(
         stop.set()
         await asyncio.gather(*readers)
         assert seen == [b"%d-49" % trial] * 8
+
+
+# -- Redis Cluster ----------------------------------------------------------------------
+
+
+async def cluster_reader(url: str) -> Reader:
+    seed = url.split("//", 1)[1].split("?", 1)[0]
+    host, port = seed.rsplit(":", 1)
+    reader = Reader(ConnectionSpec(host=host, port=int(port)), unique_namespace())
+    reader.router = await ClusterRouter.open([(host, int(port))], reader.connect)
+    return reader
+
+
+def keys_on_every_primary(reader: Reader) -> dict[Any, str]:
+    """One key of this reader's namespace per primary, by the router's slot map."""
+    assert reader.router is not None
+    found: dict[Any, str] = {}
+    index = 0
+    while len(found) < len(reader.router.primaries()):
+        key = f"k{index}"
+        found.setdefault(reader.router._slots[slot_of(reader.redis_key(key))], key)
+        index += 1
+    return found
+
+
+async def test_cluster_tracking_is_on_at_every_primary(cluster_url: str) -> None:
+    reader = await cluster_reader(cluster_url)
+    assert reader.router is not None
+    writer = await cluster_reader(cluster_url)  # no near cache is used on this side
+    try:
+        keys = keys_on_every_primary(reader)
+        assert len(keys) == 3
+        for key in keys.values():
+            await writer.execute(reader.redis_key(key), b"SET", reader.redis_key(key), b"1")
+            assert await reader.get(key) == b"1"
+        assert reader.cache.stats().entries == 3
+        for key in keys.values():
+            await writer.execute(reader.redis_key(key), b"SET", reader.redis_key(key), b"2")
+        await wait_until(lambda: reader.cache.stats().invalidations == 3)
+        assert [await reader.get(key) for key in keys.values()] == [b"2"] * 3
+        assert reader.cache.stats().flushes == 0
+    finally:
+        await reader.close()
+        await writer.close()
+
+
+async def test_cluster_a_killed_node_connection_flushes(cluster_url: str) -> None:
+    reader = await cluster_reader(cluster_url)
+    try:
+        keys = keys_on_every_primary(reader)
+        for key in keys.values():
+            await reader.get(key)
+        address, key = next(iter(keys.items()))
+        killer = await Connection.open(ConnectionSpec(host=address.host, port=address.port))
+        try:
+            await killer.execute(b"CLIENT", b"KILL", b"SKIPME", b"yes", b"TYPE", b"normal")
+        finally:
+            killer.close()
+        await wait_until(lambda: reader.cache.stats().flushes >= 1)
+        assert reader.cache.stats().entries == 0
+        assert await reader.get(key) is None  # read again through a new, tracked connection
+        assert reader.cache.lookup(key) is None
+    finally:
+        await reader.close()
+
+
+@pytest.fixture
+def private_cluster(tmp_path: Path, redis_binary: str) -> Iterator[list[RedisServer]]:
+    servers = start_cluster(redis_binary, tmp_path / "cluster")
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+async def test_cluster_a_moved_slot_is_tracked_on_its_new_node(
+    private_cluster: list[RedisServer],
+) -> None:
+    """The slot of a cached key moves to another primary (MIGRATE, SETSLOT NODE): the
+    source's MIGRATE drops the copy, the next read follows MOVED to the target, and the
+    copy it fills there is invalidated by the target."""
+    reader = await cluster_reader(f"redis+cluster://127.0.0.1:{private_cluster[0].port}")
+    writer = await cluster_reader(f"redis+cluster://127.0.0.1:{private_cluster[0].port}")
+    assert reader.router is not None
+    assert writer.router is not None
+    try:
+        key = "moving"
+        redis_key = reader.redis_key(key)
+        slot = slot_of(redis_key)
+        source = reader.router._slots[slot]
+        target = next(node for node in reader.router.primaries() if node != source)
+        assert source is not None
+        await writer.execute(redis_key, b"SET", redis_key, b"before")
+        assert await reader.get(key) == b"before"
+        admins = {
+            node: await Connection.open(ConnectionSpec(host=node.host, port=node.port))
+            for node in (source, target)
+        }
+        try:
+            ids = {node: await admins[node].execute(b"CLUSTER", b"MYID") for node in admins}
+            await admins[target].execute(b"CLUSTER", b"SETSLOT", slot, b"IMPORTING", ids[source])
+            await admins[source].execute(b"CLUSTER", b"SETSLOT", slot, b"MIGRATING", ids[target])
+            await admins[source].execute(b"MIGRATE", b"127.0.0.1", target.port, redis_key, 0, 5000)
+            await wait_until(lambda: reader.cache.stats().invalidations == 1)
+            for node in (target, source):
+                await admins[node].execute(b"CLUSTER", b"SETSLOT", slot, b"NODE", ids[target])
+        finally:
+            for admin in admins.values():
+                admin.close()
+        assert await reader.get(key) == b"before"  # MOVED, then read on the target
+        assert reader.router._slots[slot] == target
+        assert reader.cache.lookup(key) is not MISS
+        await writer.router.refresh()
+        await writer.execute(redis_key, b"SET", redis_key, b"after")
+        await wait_until(lambda: reader.cache.stats().invalidations == 2)
+        assert await reader.get(key) == b"after"
+    finally:
+        await reader.close()
+        await writer.close()

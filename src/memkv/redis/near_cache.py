@@ -223,7 +223,10 @@ class NearCache:
         if it was tracked, the invalidations it would have carried are gone: flush."""
         if connection in self._tracked:
             self._tracked.discard(connection)
-            self.flush()
+            # Nothing held and nothing being read: nothing can be stale (the cluster
+            # router's one-question connections close right after CLUSTER SLOTS).
+            if self._reading or self._core.counters()[7]:
+                self.flush()
             if not self._tracked:
                 self._stop_health_checks()
 
