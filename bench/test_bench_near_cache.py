@@ -26,23 +26,19 @@ from typing import Any
 
 import pytest
 
+from bench import test_bench_redis as redis_bench
 from bench.conftest import Figure, record
-from bench.test_bench_redis import (  # noqa: F401 - fixtures
-    BURST,
-    GATE,
-    VALUE,
-    Burst,
-    paired,
-    report,
-    runner,
-    server,
-    url,
-)
+from bench.test_bench_redis import BURST, GATE, VALUE, Burst, paired, report
 from memkv import LocalMemoryStore
 from memkv.redis import RedisMemoryStore
 from memkv.redis.transport import Connection, ConnectionSpec
 
 pytestmark = pytest.mark.redis
+
+# The server, its URL and the event-loop runner of the Redis benchmarks.
+server = redis_bench.server
+url = redis_bench.url
+runner = redis_bench.runner
 
 #: Keys read in the hot-get bursts, and entries in the memory figure.
 HOT_KEYS = 100
@@ -98,9 +94,7 @@ def test_hot_get_through_the_near_cache_vs_plain_redis(
     plain: RedisMemoryStore[Any] = RedisMemoryStore(url, namespace="bench-near")
     try:
         result = runner.run(paired(gets(near, keys), gets(plain, keys), BURST))
-        report(
-            benchmark, "hot get, near cache vs plain Redis", "near", "plain", result, 50
-        )
+        report(benchmark, "hot get, near cache vs plain Redis", "near", "plain", result, 50)
         benchmark.pedantic(lambda: runner.run(gets(near, keys)(BURST)), rounds=3, iterations=1)
     finally:
         runner.run(plain.close())
