@@ -51,12 +51,7 @@ class Reader:
         self.served_from_server = 0
 
     def connect(self, host: str, port: int) -> Node:
-        return Node(
-            replace(self.spec, host=host, port=port),
-            on_push=self.cache.on_push,
-            on_ready=self.cache.enable_tracking,
-            on_close=self.cache.connection_closed,
-        )
+        return Node(replace(self.spec, host=host, port=port), **self.cache.node_options())
 
     def redis_key(self, key: str) -> bytes:
         return self.prefix + key.encode()
@@ -536,3 +531,18 @@ async def test_cluster_a_moved_slot_is_tracked_on_its_new_node(
     finally:
         await reader.close()
         await writer.close()
+
+
+async def test_a_forked_child_starts_with_an_empty_near_cache(
+    reader: Reader, other: Connection
+) -> None:
+    """The child inherits the copies but not the tracking (the parent's sockets get the
+    invalidations), so it must not serve them."""
+    await other.execute(b"SET", reader.redis_key("k"), b"v1")
+    assert await reader.get("k") == b"v1"
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        os._exit(0 if reader.cache.lookup("k") is MISS and not reader.cache._tracked else 1)
+    _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert reader.cache.lookup("k") is not MISS  # the parent keeps its copy

@@ -100,6 +100,7 @@ class NearCache:
         self._invalidated: dict[str, int] = {}
         self._tracked: set[Connection] = set()
         self._health: asyncio.TimerHandle | None = None
+        self._health_loop: asyncio.AbstractEventLoop | None = None
         self._hits = self._misses = self._invalidations = self._flushes = 0
         _CACHES.add(self)
 
@@ -168,6 +169,12 @@ class NearCache:
                 invalidated[key] = tick
             core.delete(key)
 
+    def drop_prefix(self, prefix: str) -> None:
+        """Forget the copies of keys starting with ``prefix`` (this store's ``clear``)
+        and refuse the fills of every read in flight."""
+        self._epoch += 1
+        self._core.clear(prefix)
+
     def flush(self) -> None:
         """Forget every copy and refuse the fills of every read in flight."""
         self._epoch += 1
@@ -196,6 +203,15 @@ class NearCache:
 
     # -- tracking -----------------------------------------------------------------------
 
+    def node_options(self) -> dict[str, Any]:
+        """Keyword arguments for the transport's ``Node``: every connection it opens
+        tracks (before it carries a command) and reports pushes and its closing here."""
+        return {
+            "on_push": self.on_push,
+            "on_ready": self.enable_tracking,
+            "on_close": self.connection_closed,
+        }
+
     async def enable_tracking(self, connection: Connection) -> None:
         """Turn on ``CLIENT TRACKING`` on a new connection (the transport's ``on_ready``).
 
@@ -215,8 +231,10 @@ class NearCache:
                 f"near_cache needs CLIENT TRACKING, which {where} refused: {err.message}"
             ) from None
         self._tracked.add(connection)
-        if self._health is None:
-            self._schedule_health_check(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        # A timer of a loop that has stopped never fires: the store moved, start anew.
+        if self._health is None or self._health_loop is not loop:
+            self._schedule_health_check(loop)
 
     def connection_closed(self, connection: Connection) -> None:
         """A connection closed, was lost, timed out or was given up (``on_close``):
@@ -231,6 +249,7 @@ class NearCache:
                 self._stop_health_checks()
 
     def _schedule_health_check(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._health_loop = loop
         self._health = loop.call_later(self._health_interval, self._check_health, loop)
 
     def _check_health(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -252,7 +271,9 @@ class NearCache:
 
     def _stop_health_checks(self, *, forked: bool = False) -> None:
         health, self._health = self._health, None
-        if health is not None and not forked:  # a parent's loop is no child's to touch
+        loop, self._health_loop = self._health_loop, None
+        # A parent's loop is no child's to touch, nor is a loop that stopped.
+        if health is not None and not forked and loop is not None and not loop.is_closed():
             health.cancel()
 
     def close(self) -> None:
