@@ -17,8 +17,6 @@ import pytest
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
 
-from memkv.redis.cluster import ClusterRouter, NodeAddress, NodeConnection, node_factory, slot_of
-from memkv.redis.transport import ConnectionSpec, RedirectError, ReplyError
 from memkv.errors import (
     AccessDeniedError,
     BackendUnavailableError,
@@ -26,6 +24,8 @@ from memkv.errors import (
     InvalidKeyError,
     StoreClosedError,
 )
+from memkv.redis.cluster import ClusterRouter, NodeAddress, NodeConnection, node_factory, slot_of
+from memkv.redis.transport import ConnectionSpec, RedirectError, ReplyError
 from tests.redis_servers import CLUSTER_ARGS, RedisServer, start_cluster, unique_namespace
 
 pytestmark = pytest.mark.redis

@@ -622,6 +622,7 @@ async def test_cluster_scan_and_clear_cover_every_primary(
     keys = [f"user:{index}" for index in range(300)]
     await cluster_store.set_many({key: index for index, key in enumerate(keys)}, ttl=60)
     cluster = cluster_store.client
+    await cluster.initialize()  # type: ignore[union-attr]  # made on first use of .client
     match = f"{cluster_store.namespace}:*".encode()
     primaries = cluster.get_primaries()  # type: ignore[union-attr]
     assert len(primaries) == 3
@@ -661,6 +662,7 @@ async def test_cluster_node_outage_fails_fast_and_recovers(
             await store.set_many(dict.fromkeys(keys, 1))
             victim = servers[1]
             cluster = store.client
+            await cluster.initialize()  # type: ignore[union-attr]
             on_victim = [
                 key
                 for key in keys

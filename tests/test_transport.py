@@ -21,6 +21,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from memkv.errors import (
+    AccessDeniedError,
+    BackendError,
+    BackendUnavailableError,
+    CodecError,
+    EventLoopError,
+    InvalidArgumentError,
+)
 from memkv.redis.transport import (
     AccessReplyError,
     CommandTimeoutError,
@@ -30,14 +38,6 @@ from memkv.redis.transport import (
     RedirectError,
     ReplyError,
     pack_command,
-)
-from memkv.errors import (
-    AccessDeniedError,
-    BackendError,
-    BackendUnavailableError,
-    CodecError,
-    EventLoopError,
-    InvalidArgumentError,
 )
 from tests.redis_servers import RedisServer, free_port, unique_namespace
 

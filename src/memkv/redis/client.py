@@ -1,7 +1,10 @@
-"""Building the redis-py client a store made from a URL uses: timeouts, retry, pool."""
+"""Building what a store made from a URL talks through: the transport's
+``ConnectionSpec`` (its data path) and the redis-py client it hands out as ``client``."""
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Mapping
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
@@ -10,9 +13,19 @@ from redis.backoff import EqualJitterBackoff
 
 from memkv.errors import InvalidArgumentError
 from memkv.redis.retry import NoRetryOnAccess
+from memkv.redis.transport import DEFAULT_MAX_INFLIGHT, ConnectionSpec
+from memkv.urls import RedisURL
 from memkv.validation import MAX_COUNT
 
-__all__ = ["DEFAULT_OPTIONS", "AnyRedis", "check_options", "make_client", "server_label"]
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "AnyRedis",
+    "check_options",
+    "connection_spec",
+    "make_client",
+    "server_label",
+    "ssl_context",
+]
 
 AnyRedis = Redis | RedisCluster
 
@@ -75,6 +88,52 @@ def make_client(
             url, max_connections=max_connections, timeout=options["socket_timeout"], **common
         )
     return Redis.from_pool(pool)
+
+
+_CERT_REQS = {
+    "none": ssl.CERT_NONE,
+    "optional": ssl.CERT_OPTIONAL,
+    "required": ssl.CERT_REQUIRED,
+}
+
+
+def ssl_context(connection: Mapping[str, Any]) -> ssl.SSLContext:
+    """The TLS context for a ``rediss://`` URL's ``ssl_*`` parameters, with redis-py's
+    defaults: the certificate is required and its host name checked, against
+    ``ssl_ca_certs`` or the system's CAs; ``ssl_certfile``/``ssl_keyfile`` is the client's
+    certificate."""
+    context = ssl.create_default_context(cafile=connection.get("ssl_ca_certs"))
+    reqs = _CERT_REQS[connection.get("ssl_cert_reqs", "required")]
+    # check_hostname first: CERT_NONE is refused while it is on.
+    context.check_hostname = reqs != ssl.CERT_NONE and connection.get("ssl_check_hostname", True)
+    context.verify_mode = reqs
+    certfile = connection.get("ssl_certfile")
+    if certfile is not None:
+        context.load_cert_chain(certfile, connection.get("ssl_keyfile"))
+    return context
+
+
+def connection_spec(url: RedisURL, options: Mapping[str, Any]) -> ConnectionSpec:
+    """The transport's ``ConnectionSpec`` for ``url`` with the store ``options`` (checked):
+    ``socket_timeout`` bounds how long the server may stay silent while commands wait,
+    ``connect_timeout`` the connection and its handshake. RESP3 (``HELLO 3``), falling
+    back to RESP2 on a server without ``HELLO``. ``health_check_interval`` and
+    ``max_connections`` configure only the redis-py ``client``: the transport keeps one
+    connection per node (and a second one for commands of 512 KiB or more)."""
+    connection = url.connection
+    return ConnectionSpec(
+        host=url.host or "127.0.0.1",
+        port=url.port or 6379,
+        path=url.socket_path,
+        ssl=ssl_context(connection) if url.tls else None,
+        username=url.username,
+        password=url.password,
+        db=connection.get("db", 0),
+        client_name=connection.get("client_name"),
+        connect_timeout=options["connect_timeout"],
+        command_timeout=options["socket_timeout"],
+        max_inflight=DEFAULT_MAX_INFLIGHT,
+    )
 
 
 def server_label(client: AnyRedis) -> str:

@@ -20,7 +20,6 @@ from typing import Any, NamedTuple, Protocol
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from memkv.redis.transport import ConnectionSpec, Node
 from memkv.errors import (
     AccessDeniedError,
     BackendUnavailableError,
@@ -28,6 +27,7 @@ from memkv.errors import (
     InvalidKeyError,
     StoreClosedError,
 )
+from memkv.redis.transport import ConnectionSpec, Node
 
 __all__ = [
     "ClusterRouter",
@@ -176,12 +176,12 @@ class ClusterRouter:
     per ``refresh_interval`` seconds) routes that node's slots to it. Other error
     replies are raised as the transport raises them.
 
-    >>> connect = node_factory(ConnectionSpec(password="secret", command_timeout=1.0))
-    >>> router = await ClusterRouter.open([("127.0.0.1", 7000)], connect)  # doctest: +SKIP
-    >>> await router.execute(b"user:1", "SET", b"user:1", b"Ada")  # doctest: +SKIP
-    b'OK'
-    >>> await router.execute_many([(b"a", ("GET", b"a")), (b"b", ("GET", b"b"))])  # doctest: +SKIP
-    [None, None]
+    Inside a coroutine (the replies shown after ``#``)::
+
+        connect = node_factory(ConnectionSpec(password="secret", command_timeout=1.0))
+        router = await ClusterRouter.open([("127.0.0.1", 7000)], connect)
+        await router.execute(b"user:1", "SET", b"user:1", b"Ada")  # b'OK'
+        await router.execute_many([(b"a", ("GET", b"a")), (b"b", ("GET", b"b"))])  # [None, None]
     """
 
     def __init__(

@@ -1,19 +1,38 @@
-"""The few Redis commands a store issues: the one object between the store and redis-py
-(so that a fresh client, another transport or a cluster router replaces it in one place)."""
+"""The few Redis commands a store issues: the one seam between the store and what talks
+to the server.
+
+``NodeCommands`` (one server, over a transport ``Node``) and ``ClusterCommands`` (a
+Redis Cluster, over a ``ClusterRouter``) serve a store made from a URL: memkv's
+coalescing transport carries every command. ``RedisCommands`` serves a store given a
+redis-py client, which it keeps using. The three answer the same calls; failures are
+raised untranslated (the store translates them in one place, ``memkv.redis.errors``).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import os
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from memkv.redis.client import AnyRedis
+from memkv.redis.cluster import ClusterRouter, NodeAddress, NodeConnection, node_factory
+from memkv.redis.transport import ConnectionSpec, Node, ReplyError
 
-__all__ = ["SET_SCRIPT", "RedisCommands"]
+__all__ = [
+    "SET_SCRIPT",
+    "ClusterCommands",
+    "Commands",
+    "NodeCommands",
+    "RedisCommands",
+    "Retry",
+]
 
 # Writes one envelope and keeps the created_at of the envelope it replaces, atomically.
 # Only the first 12 bytes of the old value are read (GETRANGE), so a large value is not
@@ -36,10 +55,335 @@ _SET_SHA = hashlib.sha1(SET_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 #: Clients a forked child replaced: kept, never collected (see ``renew``).
 _INHERITED_CLIENTS: list[Any] = []
 
+#: Runs a page of a scan again after an outage (the store's ``RetryPolicy``), or not.
+Retry = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]] | None
+
+
+class Commands(Protocol):
+    """What the store calls; ``NodeCommands``, ``ClusterCommands`` and ``RedisCommands``
+    provide it."""
+
+    cluster: bool
+
+    @property
+    def owns_client(self) -> bool: ...
+
+    @property
+    def client(self) -> AnyRedis: ...
+
+    def get(self, key: bytes) -> Awaitable[bytes | None]: ...
+
+    def exists(self, key: bytes) -> Awaitable[bool | int]: ...
+
+    def get_many(self, keys: list[bytes]) -> Awaitable[tuple[list[bytes | None], int]]: ...
+
+    def types(self, keys: list[bytes]) -> Awaitable[list[str]]: ...
+
+    def unlink(self, keys: list[bytes]) -> Awaitable[int]: ...
+
+    def set(self, key: bytes, envelope: bytes, px: int) -> Awaitable[None]: ...
+
+    def set_many(self, writes: list[tuple[bytes, bytes, int]]) -> Awaitable[None]: ...
+
+    def scan(self, match: bytes, count: int, retry: Retry = None) -> AsyncIterator[bytes]: ...
+
+    def renew(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _noscript(reply: object) -> bool:
+    return isinstance(reply, ReplyError) and reply.prefix == "NOSCRIPT"
+
+
+def _first_error(replies: Sequence[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+
+
+class _TransportCommands:
+    """What ``NodeCommands`` and ``ClusterCommands`` share: the redis-py client they
+    hand out for commands memkv does not wrap (made on first use of ``client``, never
+    used by the store's operations), and its renewal."""
+
+    cluster = False
+
+    @property
+    def owns_client(self) -> bool:
+        return True
+
+    def __init__(self, make_client: Callable[[], AnyRedis]) -> None:
+        self._make_client = make_client
+        self._client: AnyRedis | None = None
+        self._pid = os.getpid()
+
+    @property
+    def client(self) -> AnyRedis:
+        """A redis-py client to the same server(s) with the store's options, made on
+        first use: for commands memkv does not wrap."""
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
+    def _renew_client(self) -> None:
+        if self._client is not None and self._pid != os.getpid():
+            _INHERITED_CLIENTS.append(self._client)  # see RedisCommands.renew
+        self._pid = os.getpid()
+        self._client = None
+
+    async def _close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def _scan_node(
+        self,
+        execute: Callable[..., Awaitable[Any]],
+        match: bytes,
+        count: int,
+        retry: Retry,
+        seen: set[bytes],
+    ) -> AsyncIterator[bytes]:
+        cursor: Any = 0
+        while True:
+            page = functools.partial(execute, b"SCAN", cursor, b"MATCH", match, b"COUNT", count)
+            cursor, keys = await (page() if retry is None else retry(page))
+            for key in keys:
+                if key not in seen:
+                    seen.add(key)
+                    yield key
+            if cursor in (b"0", 0):
+                return
+
+
+class NodeCommands(_TransportCommands):
+    """memkv's commands on one server, over one transport ``Node``: every command of
+    one event-loop iteration, from every task, leaves in one write.
+
+    ``get``, ``exists`` and ``unlink`` return the transport's awaitable directly (no
+    coroutine of their own: this is the path every call takes).
+    """
+
+    def __init__(self, spec: ConnectionSpec, make_client: Callable[[], AnyRedis]) -> None:
+        super().__init__(make_client)
+        self.node = Node(spec)
+
+    def get(self, key: bytes) -> Awaitable[bytes | None]:
+        return self.node.execute(b"GET", key)
+
+    def exists(self, key: bytes) -> Awaitable[int]:
+        return self.node.execute(b"EXISTS", key)
+
+    def unlink(self, keys: list[bytes]) -> Awaitable[int]:
+        return self.node.execute(b"UNLINK", *keys)
+
+    async def get_many(self, keys: list[bytes]) -> tuple[list[bytes | None], int]:
+        """The values at ``keys`` (``None`` where no string is) and how many of the keys
+        without a value exist (hold another Redis type, or were written since): one
+        ``MGET``, then one ``EXISTS`` of the misses only when there are some."""
+        values: list[bytes | None] = await self.node.execute(b"MGET", *keys)
+        missing = [key for key, value in zip(keys, values, strict=True) if value is None]
+        return values, (await self.node.execute(b"EXISTS", *missing) if missing else 0)
+
+    async def types(self, keys: list[bytes]) -> list[str]:
+        replies = await self.node.execute_many([(b"TYPE", key) for key in keys])
+        _first_error(replies)
+        return [reply.decode() for reply in replies]
+
+    async def set(self, key: bytes, envelope: bytes, px: int) -> None:
+        """Write ``envelope`` at ``key`` with the set script (``px`` 0: no expiry)."""
+        try:
+            await self.node.execute(b"EVALSHA", _SET_SHA, 1, key, envelope, px)
+        except ReplyError as err:
+            if err.prefix != "NOSCRIPT":
+                raise
+            # First use on this server, or its script cache was flushed (restart).
+            await self.node.execute(b"EVAL", SET_SCRIPT, 1, key, envelope, px)
+
+    async def set_many(self, writes: list[tuple[bytes, bytes, int]]) -> None:
+        """``set`` each ``(key, envelope, px)`` in order, in one batch."""
+        replies = await self.node.execute_many(
+            [(b"EVALSHA", _SET_SHA, 1, key, envelope, px) for key, envelope, px in writes]
+        )
+        if any(_noscript(reply) for reply in replies):
+            # Rewrite the whole batch in order with EVAL (which caches the script), so
+            # that a repeated key still ends on its last value; rewriting keeps created_at.
+            replies = await self.node.execute_many(
+                [(b"EVAL", SET_SCRIPT, 1, key, envelope, px) for key, envelope, px in writes]
+            )
+        _first_error(replies)
+
+    def scan(self, match: bytes, count: int, retry: Retry = None) -> AsyncIterator[bytes]:
+        """Every key matching the glob ``match``, once (memory grows with the matches)."""
+        return self._scan_node(self.node.execute, match, count, retry, set())
+
+    def renew(self) -> None:
+        """Forget the connections of a stopped event loop or of the parent process (the
+        node also does so by itself when it meets a new loop or process)."""
+        self.node.abandon()
+        self._renew_client()
+
+    async def aclose(self) -> None:
+        self.node.close()
+        # A fresh node, bound to no event loop: the store may next be used on another.
+        self.node = Node(self.node.spec)
+        await self._close_client()
+
+
+class ClusterCommands(_TransportCommands):
+    """memkv's commands on a Redis Cluster, over a ``ClusterRouter``: one transport
+    ``Node`` per primary, each coalescing its commands; batches grouped per node.
+
+    The router is opened (slot map loaded) by the first call, on the event loop of that
+    call; ``aclose`` and ``renew`` drop it and the next call opens another.
+    """
+
+    cluster = True
+
+    def __init__(
+        self,
+        seeds: list[tuple[str, int]],
+        spec: ConnectionSpec,
+        make_client: Callable[[], AnyRedis],
+    ) -> None:
+        super().__init__(make_client)
+        self._seeds = seeds
+        self._node_factory = node_factory(spec)
+        self._router: ClusterRouter | None = None
+        self._opening: asyncio.Future[ClusterRouter] | None = None
+        #: Every node the current router made, to abandon them in ``renew``.
+        self._nodes: weakref.WeakSet[NodeConnection] = weakref.WeakSet()
+
+    def _connect(self, host: str, port: int) -> NodeConnection:
+        node = self._node_factory(host, port)
+        self._nodes.add(node)
+        return node
+
+    async def router(self) -> ClusterRouter:
+        """The router, opened by the first caller; concurrent callers share the attempt.
+
+        Raises ``BackendUnavailableError`` when no seed answers (the next call tries
+        again)."""
+        router = self._router
+        if router is not None:
+            return router
+        opening = self._opening
+        if opening is None:
+            opening = self._opening = asyncio.ensure_future(
+                ClusterRouter.open(self._seeds, self._connect)
+            )
+            opening.add_done_callback(self._opened)
+        return await asyncio.shield(opening)
+
+    def _opened(self, opening: asyncio.Future[ClusterRouter]) -> None:
+        if self._opening is not opening:
+            return  # dropped by renew or aclose meanwhile
+        self._opening = None
+        if not opening.cancelled() and opening.exception() is None:
+            self._router = opening.result()
+
+    async def get(self, key: bytes) -> bytes | None:
+        router = self._router or await self.router()
+        data: bytes | None = await router.execute(key, b"GET", key)
+        return data
+
+    async def exists(self, key: bytes) -> int:
+        router = self._router or await self.router()
+        found: int = await router.execute(key, b"EXISTS", key)
+        return found
+
+    async def _each(self, name: bytes, keys: list[bytes]) -> list[Any]:
+        """``name key`` for each key, one batch per node."""
+        router = self._router or await self.router()
+        return await router.execute_many([(key, (name, key)) for key in keys])
+
+    async def unlink(self, keys: list[bytes]) -> int:
+        if len(keys) == 1:
+            router = self._router or await self.router()
+            removed: int = await router.execute(keys[0], b"UNLINK", keys[0])
+            return removed
+        return sum(await self._each(b"UNLINK", keys))
+
+    async def get_many(self, keys: list[bytes]) -> tuple[list[bytes | None], int]:
+        """One batch per node of one-key ``MGET``s (``GET`` would refuse a key of another
+        type with WRONGTYPE), then ``EXISTS`` of the misses when there are some."""
+        values = [reply[0] for reply in await self._each(b"MGET", keys)]
+        missing = [key for key, value in zip(keys, values, strict=True) if value is None]
+        return values, (sum(await self._each(b"EXISTS", missing)) if missing else 0)
+
+    async def types(self, keys: list[bytes]) -> list[str]:
+        return [reply.decode() for reply in await self._each(b"TYPE", keys)]
+
+    async def set(self, key: bytes, envelope: bytes, px: int) -> None:
+        router = self._router or await self.router()
+        try:
+            await router.execute(key, b"EVALSHA", _SET_SHA, 1, key, envelope, px)
+        except ReplyError as err:
+            if err.prefix != "NOSCRIPT":
+                raise
+            await router.execute(key, b"EVAL", SET_SCRIPT, 1, key, envelope, px)
+
+    async def set_many(self, writes: list[tuple[bytes, bytes, int]]) -> None:
+        router = self._router or await self.router()
+        try:
+            await router.execute_many(
+                [
+                    (key, (b"EVALSHA", _SET_SHA, 1, key, envelope, px))
+                    for key, envelope, px in writes
+                ]
+            )
+        except ReplyError as err:
+            if err.prefix != "NOSCRIPT":
+                raise
+            # Some primary lacked the script: the whole batch again, in order, with EVAL.
+            await router.execute_many(
+                [
+                    (key, (b"EVAL", SET_SCRIPT, 1, key, envelope, px))
+                    for key, envelope, px in writes
+                ]
+            )
+
+    async def scan(self, match: bytes, count: int, retry: Retry = None) -> AsyncIterator[bytes]:
+        """Every matching key on every primary, once."""
+        router = self._router or await self.router()
+        seen: set[bytes] = set()
+        for address in router.primaries():
+            execute = _on(router, address)
+            async for key in self._scan_node(execute, match, count, retry, seen):
+                yield key
+
+    def renew(self) -> None:
+        """Drop the router of a stopped event loop or of the parent process, leaving its
+        connections unclosed (the next call opens another router)."""
+        for node in list(self._nodes):
+            if isinstance(node, Node):
+                node.abandon()
+        self._nodes = weakref.WeakSet()
+        self._router = self._opening = None
+        self._renew_client()
+
+    async def aclose(self) -> None:
+        router, self._router = self._router, None
+        opening, self._opening = self._opening, None
+        if opening is not None:
+            opening.cancel()
+        if router is not None:
+            await router.close()
+        await self._close_client()
+
+
+def _on(router: ClusterRouter, address: NodeAddress) -> Callable[..., Awaitable[Any]]:
+    def execute(*command: Any) -> Awaitable[Any]:
+        return router.execute_on(address, *command)
+
+    return execute
+
 
 class RedisCommands:
-    """memkv's commands on ``client``; ``make_client`` (when the store made the client)
-    builds a fresh one for ``renew``.
+    """memkv's commands on a redis-py ``client``; ``make_client`` (when the store made
+    the client) builds a fresh one for ``renew``. The store uses it for a client passed
+    in (and the benchmarks for the redis-py baseline).
 
     Failures are redis-py's and the socket's own exceptions, untranslated: the store
     translates them in one place (``memkv.redis.errors``).
@@ -124,9 +468,10 @@ class RedisCommands:
         results: list[Any] = await pipe.execute(raise_on_error=False)
         return results
 
-    async def scan(self, match: bytes, count: int) -> AsyncIterator[bytes]:
+    async def scan(self, match: bytes, count: int, retry: Retry = None) -> AsyncIterator[bytes]:
         """Every key matching the glob ``match``, once: ``SCAN ... COUNT count`` on the
-        server or on every primary of a cluster (memory grows with the matches)."""
+        server or on every primary of a cluster (memory grows with the matches).
+        ``retry`` is unused: redis-py's client retries by itself."""
         seen: set[bytes] = set()
         for node in await self._scan_targets():
             cursor = 0

@@ -1,5 +1,7 @@
-"""One table from redis-py and socket failures to the memkv errors a store raises (like
-redis-py's ``EXCEPTION_CLASSES``): read top to bottom, the first matching row wins."""
+"""One table from transport, redis-py and socket failures to the memkv errors a store
+raises (like redis-py's ``EXCEPTION_CLASSES``): read top to bottom, the first matching row
+wins. The transport's errors are memkv errors already; the table re-raises them naming
+the store's server, and sorts its error replies (``ReplyError``) as it sorts redis-py's."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from memkv.errors import (
     CodecError,
     MemKVError,
 )
+from memkv.redis.transport import ReplyError
 
 __all__ = [
     "ACCESS_ERRORS",
@@ -22,11 +25,13 @@ __all__ = [
     "FAILURES",
     "FOREIGN_TYPE_MESSAGE",
     "ErrorRow",
+    "retryable",
     "translate",
 ]
 
 #: Refused credentials or an ACL refusal: retrying cannot fix them.
 ACCESS_ERRORS: tuple[type[Exception], ...] = (
+    AccessDeniedError,  # the transport's (WRONGPASS, NOPERM...; refused at connection)
     redis_errors.AuthenticationError,
     redis_errors.AuthorizationError,
     redis_errors.AuthenticationWrongNumberOfArgsError,
@@ -41,11 +46,16 @@ _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     redis_errors.BusyLoadingError,
     # Raised by the cluster client when no node answers (all down, or the seed dead).
     redis_errors.RedisClusterException,
-    OSError,
+    OSError,  # BackendUnavailableError (the transport's outages) is a ConnectionError
     asyncio.TimeoutError,
 )
-#: Everything a redis-py call can fail with; anything else is a bug, not translated.
+#: Error replies of a server that is starting, failing over or resharding: an outage
+#: (redis-py raises BusyLoadingError, ClusterDownError, TryAgainError for them).
+_OUTAGE_REPLIES = ("LOADING", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN")
+#: Everything a transport or redis-py call can fail with; anything else (a CodecError
+#: from decoding, a bug) is raised as it is.
 FAILURES: tuple[type[BaseException], ...] = (
+    BackendError,  # the transport's ReplyError and connection refusals
     redis_errors.RedisError,
     redis_errors.RedisClusterException,
     OSError,
@@ -86,12 +96,34 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
     # did not write, as for a string that is not an envelope.
     ErrorRow((redis_errors.ResponseError,), ("WRONGTYPE",), CodecError, FOREIGN_TYPE_MESSAGE),
     ErrorRow(
+        (ReplyError,),
+        ("NOPERM", "can't run this command", "ACL failure", "no permissions"),
+        AccessDeniedError,
+        "{where} refused access: {reply}",
+    ),
+    ErrorRow((ReplyError,), ("WRONGTYPE",), CodecError, FOREIGN_TYPE_MESSAGE),
+    ErrorRow(
+        (ReplyError,),
+        _OUTAGE_REPLIES,
+        BackendUnavailableError,
+        "{where} is unavailable: {kind}: {reply}",
+    ),
+    ErrorRow(
         _OUTAGE_ERRORS, None, BackendUnavailableError, "{where} is unavailable: {kind}: {reply}"
     ),
     ErrorRow(
         (BaseException,), None, BackendError, "{where} answered with an error: {kind}: {reply}"
     ),
 )
+
+
+def retryable(err: BaseException) -> bool:
+    """Whether the retry policy runs an operation again after ``err`` (a transport
+    failure): a lost, refused or silent connection, or a server that is loading, failing
+    over or resharding; never an access refusal or another error reply."""
+    if isinstance(err, ReplyError):
+        return err.prefix in _OUTAGE_REPLIES
+    return isinstance(err, BackendUnavailableError)
 
 
 def translate(err: BaseException, where: str, key: str | None = None) -> MemKVError:

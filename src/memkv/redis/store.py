@@ -8,7 +8,7 @@ import functools
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from redis.asyncio import Redis
@@ -17,10 +17,18 @@ from redis.asyncio.cluster import RedisCluster
 from memkv._core import MemoryEntry
 from memkv.codecs import Codec, codec_id, codec_name, resolve_codec
 from memkv.errors import CodecError, EventLoopError, InvalidArgumentError, MemKVError
-from memkv.redis.client import DEFAULT_OPTIONS, AnyRedis, check_options, make_client, server_label
-from memkv.redis.commands import RedisCommands
+from memkv.redis.client import (
+    DEFAULT_OPTIONS,
+    AnyRedis,
+    check_options,
+    connection_spec,
+    make_client,
+    server_label,
+)
+from memkv.redis.commands import ClusterCommands, Commands, NodeCommands, RedisCommands
 from memkv.redis.envelope import decode_entry, encode_entry, ttl_milliseconds
-from memkv.redis.errors import FAILURES, FOREIGN_TYPE_MESSAGE, translate
+from memkv.redis.errors import FAILURES, FOREIGN_TYPE_MESSAGE, retryable, translate
+from memkv.redis.retry import RetryPolicy
 from memkv.store import TTL, BaseMemoryStore, StoreStats, operation_counts
 from memkv.urls import RedisURL, parse_redis_url
 from memkv.validation import (
@@ -60,10 +68,18 @@ def _hit_or_miss(result: object) -> str:
 def _operation(
     name: str, result: Callable[[Any], str] = _ok, *, keyed: bool = False
 ) -> Callable[[_Operation[P, R]], _Operation[P, R]]:
-    """Run a store operation: bind the store to the running event loop, translate a
-    redis-py or socket failure into a memkv error (``memkv.redis.errors``), and count
-    the call as ``(name, result(returned))`` or ``(name, "error")``. ``keyed``: the
-    first argument is the key, named by errors about its value."""
+    """Run a store operation: bind the store to the running event loop, run it again
+    under the store's retry policy after an outage (a store made from a URL; redis-py
+    retries by itself for a client passed in), translate a transport, redis-py or socket
+    failure into a memkv error (``memkv.redis.errors``), and count the call as ``(name,
+    result(returned))`` or ``(name, "error")``. ``keyed``: the first argument is the
+    key, named by errors about its value.
+
+    Every operation is retried: each runs commands whose effect is the same when they
+    run twice (reads; the envelope ``SET``; ``UNLINK``), see ``docs/redis-transport.md``.
+    A one-shot iterator argument is read into a list first, so that a retry sees it
+    whole.
+    """
 
     def decorate(method: _Operation[P, R]) -> _Operation[P, R]:
         @functools.wraps(method)
@@ -71,7 +87,15 @@ def _operation(
             try:
                 if self._loop is not asyncio.get_running_loop():
                     self._bind_loop()
-                returned = await method(self, *args, **kwargs)
+                if args and isinstance(args[0], Iterator):
+                    args = (list(args[0]), *args[1:])  # type: ignore[assignment]
+                try:
+                    returned = await method(self, *args, **kwargs)
+                except Exception as err:
+                    retry = self._retry
+                    if retry is None or not retryable(err):
+                        raise
+                    returned = await retry.again(lambda: method(self, *args, **kwargs), err)
             except Exception as err:
                 self._ops[name, "error"] += 1
                 key = (args[0] if args else kwargs.get("key")) if keyed else None
@@ -212,10 +236,20 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         self._codec_id = codec_id(self._codec)
         self._server = server
         self._where = f"Redis {'Cluster ' if cluster else ''}at {server}"
-        # The client comes last: nothing above may fail after a pool exists.
+        # The connections come last: nothing above may fail after they exist.
+        self._redis: Commands
+        self._retry: RetryPolicy | None = None
         if isinstance(url_or_client, (str, RedisURL)):
             make = functools.partial(make_client, client_url, cluster, options, client_options)
-            self._redis = RedisCommands(make(), make)
+            spec = connection_spec(url, options)
+            if cluster:
+                seeds = [(spec.host, spec.port)]
+                self._redis = ClusterCommands(seeds, spec, make)
+            else:
+                self._redis = NodeCommands(spec, make)
+            self._retry = RetryPolicy.equal_jitter(
+                options["retries"], options["backoff_base"], options["backoff_cap"]
+            )
         else:
             self._redis = RedisCommands(url_or_client, None)
         # The event loop the client's connections belong to (None until first used).
@@ -248,9 +282,12 @@ class RedisMemoryStore(BaseMemoryStore[T]):
 
     @property
     def client(self) -> AnyRedis:
-        """The redis-py client underneath (for commands memkv does not wrap).
+        """A redis-py client to the store's server(s), for commands memkv does not wrap.
 
-        A store made from a URL replaces it when it moves to a new event loop.
+        For a store made from a URL it is made on first use, with the URL's options
+        (its own connection pool: the store's operations go through memkv's transport,
+        not through it), and replaced when the store moves to a new event loop or is
+        closed. A client passed in is that client.
         """
         return self._redis.client
 
@@ -315,7 +352,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
     async def exists(self, key: str) -> bool:
         """Whether the key holds something: an entry, or a value another client stored
         there (which ``get`` refuses with ``CodecError``)."""
-        return await self._redis.exists(self._redis_key(key))
+        return bool(await self._redis.exists(self._redis_key(key)))
 
     # -- batches -----------------------------------------------------------------------
 
@@ -422,9 +459,17 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         finally:
             self._ops["scan", outcome] += 1
 
-    def _scan_redis_keys(self, prefix: str, count: int) -> AsyncIterator[bytes]:
-        """Every Redis key under ``prefix``, once."""
-        return self._redis.scan(_glob_escape(self._redis_key(prefix)) + b"*", count)
+    def _scan_redis_keys(
+        self, prefix: str, count: int, *, retried: bool = True
+    ) -> AsyncIterator[bytes]:
+        """Every Redis key under ``prefix``, once; ``retried``: each page under the retry
+        policy (``clear`` is retried whole instead)."""
+        retry = self._retry
+        return self._redis.scan(
+            _glob_escape(self._redis_key(prefix)) + b"*",
+            count,
+            retry.call if retried and retry is not None else None,
+        )
 
     @_operation("clear")
     async def clear(self, pattern: str | None = None) -> int:
@@ -437,7 +482,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         prefix = check_prefix(pattern)
         removed = 0
         batch: list[bytes] = []
-        async for redis_key in self._scan_redis_keys(prefix, _CLEAR_BATCH):
+        async for redis_key in self._scan_redis_keys(prefix, _CLEAR_BATCH, retried=False):
             batch.append(redis_key)
             if len(batch) >= _CLEAR_BATCH:
                 removed += await self._redis.unlink(batch)

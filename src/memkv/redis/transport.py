@@ -6,11 +6,12 @@ the replies, which go back to their callers in order. ``Node`` owns the connecti
 one address: it opens them on first use, again after a loss or a fork, and sends very
 large commands on a second connection so that they do not hold up small ones.
 
->>> node = Node(ConnectionSpec(host="127.0.0.1", port=6379))   # doctest: +SKIP
->>> await node.execute(b"SET", b"k", b"v")                      # doctest: +SKIP
-b'OK'
->>> await node.execute_many([(b"GET", b"k"), (b"INCR", b"k")])  # doctest: +SKIP
-[b'v', ReplyError('ERR value is not an integer or out of range')]
+Inside a coroutine (the replies shown after ``#``)::
+
+    node = Node(ConnectionSpec(host="127.0.0.1", port=6379))
+    await node.execute(b"SET", b"k", b"v")                      # b'OK'
+    await node.execute_many([(b"GET", b"k"), (b"INCR", b"k")])
+    # [b'v', ReplyError('ERR value is not an integer or out of range')]
 
 Errors: an error reply raises ``ReplyError`` (a ``BackendError``) or its subclasses
 ``AccessReplyError`` (also an ``AccessDeniedError``) and ``RedirectError`` (``MOVED``,
@@ -1011,6 +1012,13 @@ class Node:
             if connection is not None and not connection.closed:
                 connection.close()
         self._main = self._bulk = None
+
+    def abandon(self) -> None:
+        """Forget the connections without closing them, for the owner that moves to a
+        new event loop or finds itself in a forked child: they belong to a loop that
+        has stopped or to the parent process (kept referenced then, see ``_INHERITED``).
+        The node stays usable."""
+        self._drop_connections()
 
     async def _connection(self, bulk: bool) -> Connection:
         loop = asyncio.get_running_loop()
