@@ -88,15 +88,16 @@ class NodeConnection(Protocol):
 Connect = Callable[[str, int], NodeConnection]
 
 
-def node_factory(spec: ConnectionSpec) -> Connect:
+def node_factory(spec: ConnectionSpec, **node_options: Any) -> Connect:
     """A ``connect`` that makes a transport ``Node`` per address, with ``spec``'s options.
 
     Every node gets ``spec``'s credentials, database, protocol, timeouts and
     ``max_inflight``; its host and port are the node's (``spec.path`` is ignored).
+    ``node_options`` go to every ``Node`` (``on_push``, ``on_ready``, ``on_close``...).
     """
 
     def connect(host: str, port: int) -> NodeConnection:
-        return Node(dataclasses.replace(spec, host=host, port=port, path=None))
+        return Node(dataclasses.replace(spec, host=host, port=port, path=None), **node_options)
 
     return connect
 
