@@ -370,9 +370,17 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             read: tuple[MemoryEntry[T] | None] | None = None
             try:
                 data = await self._redis.get(redis_key)
+                # A CodecError here counts as a failed call only, and fills nothing.
                 read = (None if data is None else self._decode(key, data),)
             finally:
                 near.finish_read(keys, token, read)
+            entry = read[0]
+            self._gets += 1
+            if entry is None:
+                self._misses += 1
+            else:
+                self._hits += 1
+            return entry
         if data is None:
             self._gets += 1
             self._misses += 1
