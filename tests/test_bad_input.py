@@ -91,6 +91,11 @@ def _prefix_of_a_seed(value: object) -> bool:
 #: table still names every public callable.
 NO_ARGS: dict[str, Arg] = {}
 
+
+async def _factory() -> str:
+    return "computed"
+
+
 KEY = given("probe")
 TTL = given(60)
 METADATA = given(None)
@@ -106,6 +111,16 @@ STORE_METHODS: dict[str, dict[str, Arg]] = {
     "get_many": {"keys": KEYS},
     "set_many": {"items": Arg(lambda: {"probe": 1}), "ttl": TTL, "metadata": METADATA},
     "delete_many": {"keys": KEYS},
+    "get_or_set": {
+        "key": KEY,
+        "factory": Arg(lambda: _factory),
+        "ttl": TTL,
+        "metadata": METADATA,
+        "refresh_after": given(None),
+        "ttl_jitter": given(0.0),
+    },
+    "add": {"key": KEY, "value": given("value"), "ttl": TTL, "metadata": METADATA},
+    "touch": {"key": KEY, "ttl": TTL},
     "record_latency": {"enabled": given(False)},
     "close": NO_ARGS,
     "stats": NO_ARGS,
@@ -194,6 +209,13 @@ MODULE_FUNCTIONS: dict[ModuleType, dict[str, dict[str, Arg] | str]] = {
         "RedisMemoryStore": "walked by test_bad_input_to_a_store",
         "MemoryManager": "walked by test_bad_input_to_a_manager",
         "StoreStats": "a NamedTuple of counters the stores fill in",
+        "cached": {
+            "store": Arg(LocalMemoryStore),
+            "ttl": TTL,
+            "key": given(None),
+            "refresh_after": given(None),
+            "ttl_jitter": given(0.0),
+        },
         "MemoryEntry": {
             "key": given("probe"),
             "value": given("value"),

@@ -7,6 +7,7 @@ that move slots or kill nodes start a private cluster and stop it afterwards.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -98,6 +99,9 @@ async def reference(cluster_url: str) -> AsyncIterator[RedisCluster]:
     client = RedisCluster.from_url(cluster_url.replace("+cluster", "").split("?", 1)[0])
     yield client
     await client.aclose()
+    # redis-py 8's mget_nonatomic leaves a socket of a copied connection unclosed: let it
+    # warn here, under the mark of the test that used the fixture, not in a later test.
+    gc.collect()
 
 
 # -- slots ---------------------------------------------------------------------------------
@@ -135,6 +139,9 @@ async def test_slot_of_agrees_with_the_server_keyslot(router: ClusterRouter) -> 
 # -- routing -------------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings(
+    "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
+)
 async def test_keys_written_through_the_router_read_back_with_redis_py_cluster(
     router: ClusterRouter, reference: RedisCluster
 ) -> None:
@@ -313,6 +320,9 @@ async def test_refused_credentials_and_acl_refusals_are_access_denied_not_outage
         await router.on_every_primary("ACL", "DELUSER", user)
 
 
+@pytest.mark.filterwarnings(
+    "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
+)
 def test_a_router_moves_to_the_next_event_loop_once_its_loop_has_stopped(
     cluster_url: str, nodes: Nodes
 ) -> None:
@@ -342,6 +352,7 @@ def test_a_router_moves_to_the_next_event_loop_once_its_loop_has_stopped(
 
     asyncio.run(second())
     assert nodes.redirects == ["MOVED", "MOVED"]
+    gc.collect()  # the first loop's connections warn here, where the mark ignores it
 
 
 # -- a cluster of our own ------------------------------------------------------------------

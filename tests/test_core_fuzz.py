@@ -130,7 +130,7 @@ class Lockstep:
             [
                 "set", "set", "set", "get", "get", "exists", "delete", "get_many",
                 "set_many", "delete_many", "scan", "clear", "purge", "len", "tick",
-                "tick", "bad",
+                "tick", "bad", "add", "touch",
             ]
         )  # fmt: skip
         key = random_key(rng)
@@ -185,6 +185,26 @@ class Lockstep:
                 assert removed == len(matching)
             for one in [k for k in self.model if k.startswith(prefix or "")]:
                 del self.model[one]
+        elif op == "add":
+            value = rng.randint(0, 9)
+            ttl = random_ttl(rng)
+            _, written = self.both(lambda core: core.add(key, value, ttl))
+            live = key in set(self.live())
+            if self.max_entries is None:
+                assert written is not live
+            if written:
+                self.model.pop(key, None)
+                self.model_set(key, value, ttl, None)
+        elif op == "touch":
+            ttl = random_ttl(rng)
+            kind, found = self.both(lambda core: core.touch(key, ttl))
+            if self.max_entries is None and kind == "ok":
+                assert found == (key in set(self.live()))
+            if kind == "ok" and found and key in self.model:
+                value, metadata, created, updated, _ = self.model[key]
+                seconds = ttl_to_seconds(ttl)
+                expires = None if seconds is None else self.now() + seconds
+                self.model[key] = (value, metadata, created, updated, expires)
         elif op == "purge":
             for core in self.cores:
                 core.purge_expired()

@@ -191,6 +191,7 @@ def test_exposition_follows_prometheus_naming_rules(exposition: str) -> None:
         "memkv_entries": "gauge",
         "memkv_expired": "counter",
         "memkv_evictions": "counter",
+        "memkv_flight_events": "counter",
         "memkv_operation_duration_seconds": "histogram",
     }
 
@@ -292,6 +293,7 @@ def test_opentelemetry_instrument_units_and_descriptions(
         "memkv.entries",
         "memkv.expired",
         "memkv.evictions",
+        "memkv.flight_events",
     }
     assert all(metric.unit and metric.description for metric in metrics.values())
 
@@ -340,6 +342,9 @@ async def test_record_latency_times_every_operation_of_that_store_only() -> None
         "get_many": 1,
         "set_many": 0,
         "delete_many": 0,
+        "get_or_set": 0,
+        "add": 0,
+        "touch": 0,
     }
     assert plain.latency() == {}
     assert "get" not in vars(plain)

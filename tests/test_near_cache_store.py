@@ -473,3 +473,24 @@ async def test_a_cluster_store_tracks_on_every_primary(cluster_url: str) -> None
         await writer.clear()
         await writer.close()
         await near.close()
+
+
+async def test_add_touch_and_get_or_set_leave_no_stale_copy(
+    near: RedisMemoryStore[Any], writer: RedisMemoryStore[Any]
+) -> None:
+    assert await near.get("k") is None  # a known absence, held
+    assert await near.add("k", 1) is True
+    assert (await near.get("k")).value == 1  # type: ignore[union-attr]
+    assert (await near.get("k")).expires_at is None  # type: ignore[union-attr]
+    assert await near.touch("k", 60) is True
+    touched = await near.get("k")
+    assert touched is not None
+    assert touched.expires_at is not None
+    await writer.delete("k")
+    await wait_until(lambda: near_stats(near).invalidations >= 1)
+
+    async def compute() -> int:
+        return 7
+
+    assert (await near.get_or_set("k", compute)).value == 7
+    assert (await near.get("k")).value == 7  # type: ignore[union-attr]

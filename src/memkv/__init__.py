@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from memkv._core import IMPLEMENTATION, MemoryEntry
+from memkv.caching import cached
 from memkv.local import LocalMemoryStore
 from memkv.manager import MemoryManager
 from memkv.store import BaseMemoryStore, MemoryStore, StoreStats
@@ -22,6 +23,7 @@ __all__ = [
     "MemoryStore",
     "RedisMemoryStore",
     "StoreStats",
+    "cached",
     "open_store",
 ]
 

@@ -1383,3 +1383,109 @@ cdef class LocalCore:
             keys.append((<MemoryEntry>node).c_key)
             node = (<MemoryEntry>node).lru_next
         return keys
+
+    # -- conditional writes (get_or_set, add and touch build on these) ---------------
+
+    def add(self, key, value, ttl=None, metadata=None):
+        """Store like ``set``, but only when ``key`` holds no live entry; ``True`` if written.
+
+        The check and the write are one critical section, so among concurrent callers
+        (tasks or threads) exactly one wins.
+        """
+        key = exact_key(key)
+        seconds_obj = ttl_seconds(ttl)
+        cdef double seconds = INFINITY if seconds_obj is None else seconds_obj
+        if metadata is not None:
+            metadata = check_metadata(metadata)
+        # Made before the critical section: allocating may run the cyclic GC.
+        cdef MemoryEntry entry = new_entry(key, value, metadata)
+        cdef Dropped dropped
+        dropped_init(&dropped)
+        cdef double now = self.begin()
+        try:
+            if self.lookup(<PyObject*>key, &now, &dropped) is not None:
+                return False
+            entry.c_expires = now + seconds
+            self.store(entry, now, &dropped)
+            self.purge(now, C_PURGE_BUDGET, &dropped)
+            return True
+        finally:
+            self.end()
+            dropped_release(&dropped)
+
+    def touch(self, key, ttl=None):
+        """Give the live entry at ``key`` a new expiry (``None``: never); ``True`` if found.
+
+        Value, metadata, ``created_at``, ``updated_at`` and the LRU position are kept;
+        the entry a caller already holds keeps its old expiry (entries are snapshots).
+        """
+        key = exact_key(key)
+        seconds_obj = ttl_seconds(ttl)
+        cdef double seconds = INFINITY if seconds_obj is None else seconds_obj
+        # Made before the critical section, in case the entry is held outside the store.
+        cdef MemoryEntry fresh = new_entry(key, None, None)
+        cdef MemoryEntry entry
+        cdef Dropped dropped
+        dropped_init(&dropped)
+        cdef double now = self.begin()
+        try:
+            entry = self.lookup(<PyObject*>key, &now, &dropped)
+            if entry is None:
+                return False
+            # Held by the dict and this frame only: nobody can see the change.
+            if Py_REFCNT(<PyObject*>entry) > 2:
+                self.swap_entry(entry, fresh, &dropped)
+                entry = fresh
+            self.set_expiry(entry, now + seconds)
+            return True
+        finally:
+            self.end()
+            dropped_release(&dropped)
+
+    cdef void swap_entry(self, MemoryEntry old, MemoryEntry fresh, Dropped* dropped) noexcept:
+        """Put ``fresh``, a copy of ``old``, in its place in every structure."""
+        fresh.c_key = old.c_key
+        fresh.c_value = old.c_value
+        fresh.c_metadata = old.c_metadata
+        fresh.c_created = old.c_created
+        fresh.c_updated = old.c_updated
+        fresh.c_expires = old.c_expires
+        if fresh.c_metadata is not None or memkv_may_be_tracked(<PyObject*>fresh.c_value):
+            fresh.track()
+        incref(<PyObject*>old)
+        dropped_add(dropped, <PyObject*>old)
+        # The key is present: the dict replaces a value without resizing.
+        PyDict_SetItem(<PyObject*>self.entries, <PyObject*>old.c_key, <PyObject*>fresh)
+        if self.lru:
+            fresh.lru_prev = old.lru_prev
+            fresh.lru_next = old.lru_next
+            if old.lru_prev != NULL:
+                (<MemoryEntry>old.lru_prev).lru_next = <PyObject*>fresh
+            else:
+                self.lru_head = <PyObject*>fresh
+            if old.lru_next != NULL:
+                (<MemoryEntry>old.lru_next).lru_prev = <PyObject*>fresh
+            else:
+                self.lru_tail = <PyObject*>fresh
+            old.lru_prev = NULL
+            old.lru_next = NULL
+        if old.heap_pos >= 0:
+            self.heap.replace(old, fresh)
+
+    cdef int set_expiry(self, MemoryEntry entry, double expires) except -1:
+        cdef ExpiryQueue heap = self.heap
+        cdef Py_ssize_t pos = entry.heap_pos
+        if isinf(expires):
+            if pos >= 0:
+                heap.remove(entry)
+        elif pos >= 0:
+            # A later deadline: the item keeps the earlier one as a lower bound.
+            if expires < heap.items[pos].when:
+                heap.items[pos].when = expires
+                heap.sift_up(pos)
+        else:
+            heap.reserve(heap.size + 1)
+            entry.c_expires = expires
+            heap.push(entry)
+        entry.c_expires = expires
+        return 0

@@ -560,3 +560,51 @@ class LocalCore:
                 assert entry._created <= entry._updated
             if self._max_entries is not None:
                 assert len(entries) <= self._max_entries
+
+    # -- conditional writes (get_or_set, add and touch build on these) ----------------
+
+    def add(self, key: str, value: Any, ttl: object = None, metadata: object = None) -> bool:
+        """Store like ``set``, but only when ``key`` holds no live entry; ``True`` if written.
+
+        The check and the write happen under one lock hold, so among concurrent callers
+        (tasks or threads) exactly one wins.
+        """
+        key = check_key(key)
+        seconds = ttl_seconds(ttl)
+        checked = check_metadata(metadata)
+        dead: list[MemoryEntry[Any]] = []
+        with self._exclusive:
+            now = self.now()
+            if self._lookup(key, now, dead) is not None:
+                return False
+            self._store(key, value, seconds, checked, now, dead)
+            self._purge(now, PURGE_BUDGET, dead)
+            return True
+
+    def touch(self, key: str, ttl: object = None) -> bool:
+        """Give the live entry at ``key`` a new expiry (``None``: never); ``True`` if found.
+
+        Value, metadata, ``created_at``, ``updated_at`` and the LRU position are kept;
+        the entry a caller already holds keeps its old expiry (entries are snapshots).
+        """
+        key = check_key(key)
+        seconds = ttl_seconds(ttl)
+        dead: list[MemoryEntry[Any]] = []
+        with self._exclusive:
+            now = self.now()
+            old = self._lookup(key, now, dead)
+            if old is None:
+                return False
+            expires = None if seconds is None else now + seconds
+            # Assigning an existing key keeps its place in the LRU order.
+            self._entries[key] = make_entry(
+                key, old.value, old._metadata, old._created, old._updated, expires
+            )
+            dead.append(old)
+            if old._expires is not None:
+                self._n_expiring -= 1
+            if expires is not None:
+                self._n_expiring += 1
+                heapq.heappush(self._heap, (expires, key))
+            self._compact_if_needed()
+            return True

@@ -178,9 +178,54 @@ class LocalMemoryStore(BaseMemoryStore[T]):
     def stats(self) -> StoreStats:
         core = self._core
         counted = dict(zip(OPERATION_COUNTERS, core.operations(), strict=True))
+        fills = self._fill_state()
         with self._counts_lock:
             counted.update(self._counts)
-        return StoreStats(*core.counters(), operations=operation_counts(counted))
+        counted.update(fills.operations)
+        return StoreStats(
+            *core.counters(), operations=operation_counts(counted), flights=fills.stats()
+        )
 
     def __repr__(self) -> str:
         return f"LocalMemoryStore(max_entries={self.max_entries!r})"
+
+    # -- add and touch: one critical section of the core each --------------------------
+
+    async def add(
+        self,
+        key: str,
+        value: T,
+        ttl: TTL = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Store ``value`` like ``set`` only if ``key`` holds no live entry; ``True`` when
+        written. Atomic across tasks and threads: exactly one concurrent caller wins."""
+        try:
+            written = self._core.add(key, value, ttl, metadata)
+        except Exception:
+            self._count("add", "error")
+            raise
+        self._count("add", "ok" if written else "exists")
+        return written
+
+    async def touch(self, key: str, ttl: TTL = None) -> bool:
+        """Give the live entry at ``key`` a new expiry, ``ttl`` from now (``None``: never);
+        ``True`` when there was one. Value, metadata, timestamps and LRU order are
+        kept; an entry already returned to a caller keeps its old ``expires_at``."""
+        try:
+            found = self._core.touch(key, ttl)
+        except Exception:
+            self._count("touch", "error")
+            raise
+        self._count("touch", "hit" if found else "miss")
+        return found
+
+    @property
+    def _get_now(self) -> Callable[[str], MemoryEntry[T] | None]:
+        # The core's own get: no coroutine and no frame of ours (for cached()); the
+        # core counts it like a get.
+        return self._core.get
+
+    def _store_time(self) -> float:
+        # The core's clock: an injected fake clock moves refresh_after's "now" too.
+        return self._core.now()

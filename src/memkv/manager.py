@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -180,3 +180,34 @@ class MemoryManager(Generic[T]):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    # -- get_or_set, add and touch (see BaseMemoryStore) --------------------------------
+
+    async def get_or_set(
+        self,
+        key: str,
+        factory: Callable[[], Awaitable[T]],
+        ttl: TTL = None,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        refresh_after: TTL = None,
+        ttl_jitter: float = 0.0,
+        store: str | None = None,
+    ) -> MemoryEntry[T]:
+        return await self.store(store).get_or_set(
+            key, factory, ttl, metadata, refresh_after=refresh_after, ttl_jitter=ttl_jitter
+        )
+
+    async def add(
+        self,
+        key: str,
+        value: T,
+        ttl: TTL = None,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        store: str | None = None,
+    ) -> bool:
+        return await self.store(store).add(key, value, ttl, metadata)
+
+    async def touch(self, key: str, ttl: TTL = None, *, store: str | None = None) -> bool:
+        return await self.store(store).touch(key, ttl)

@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from types import MappingProxyType, TracebackType
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
-from memkv._core import MemoryEntry
+from memkv._core import MemoryEntry, make_entry
 from memkv.latency import LatencyHistogram, LatencySnapshot, timed_call, timed_scan
-from memkv.validation import check_items, check_keys, check_metadata, check_prefix, ttl_seconds
+from memkv.singleflight import (
+    Fill,
+    FillState,
+    FlightStats,
+    call_factory,
+    check_fill_options,
+    jittered_ttl,
+)
+from memkv.validation import (
+    check_items,
+    check_key,
+    check_keys,
+    check_metadata,
+    check_prefix,
+    ttl_seconds,
+)
 
 __all__ = [
     "OPERATIONS",
     "TTL",
     "BaseMemoryStore",
+    "FlightStats",
     "MemoryStore",
     "NearCacheStats",
     "OperationCounts",
@@ -43,6 +60,12 @@ OPERATIONS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "get_many": ("ok", "error"),
         "set_many": ("ok", "error"),
         "delete_many": ("ok", "error"),
+        # get_or_set: "hit" returned a live entry at once (a stale one too, while it is
+        # refreshed), "miss" waited for a fill. add: "ok" wrote, "exists" found a live
+        # entry and wrote nothing.
+        "get_or_set": ("hit", "miss", "error"),
+        "add": ("ok", "exists", "error"),
+        "touch": ("hit", "miss", "error"),
     }
 )
 
@@ -120,6 +143,10 @@ class StoreStats(NamedTuple):
     counts once, when it ends: ``ok`` when exhausted or closed early, ``error`` if it
     fails (counters only ever grow). Stores that do not count calls leave it empty.
 
+    ``flights`` counts what ``get_or_set`` and ``cached`` do beyond their calls:
+    factory runs and failures, callers that waited for another caller's factory call,
+    background refreshes and waits on another process's lease (``FlightStats``).
+
     ``near_cache`` holds the near cache's own counters on a ``RedisMemoryStore`` made
     with ``near_cache=N`` (``None`` otherwise); ``hits``/``misses`` above count what
     the store returned, wherever it was found.
@@ -134,6 +161,7 @@ class StoreStats(NamedTuple):
     evictions: int = 0
     entries: int | None = None
     operations: OperationCounts = OperationCounts()
+    flights: FlightStats = FlightStats()
     near_cache: NearCacheStats | None = None
 
     @property
@@ -274,6 +302,177 @@ class MemoryStore(abc.ABC, Generic[T]):
     ) -> None:
         await self.close()
 
+    # -- get_or_set, add and touch -------------------------------------------------------
+    # Derived from get/set, so every store has them (a store that subclasses MemoryStore
+    # directly too); the built-in stores override add and touch atomically and
+    # RedisMemoryStore overrides _fill with a cross-process lease.
+
+    @property
+    def _get_now(self) -> Callable[[str], MemoryEntry[T] | None] | None:
+        """A synchronous ``get`` for stores whose ``get`` never waits (the local store),
+        else ``None``: a ``cached`` hit then costs no coroutine of the store's."""
+        return None
+
+    async def get_or_set(
+        self,
+        key: str,
+        factory: Callable[[], Awaitable[T]],
+        ttl: TTL = None,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        refresh_after: TTL = None,
+        ttl_jitter: float = 0.0,
+    ) -> MemoryEntry[T]:
+        """The live entry for ``key``; when there is none, ``await factory()`` stores one.
+
+        ``factory`` is a zero-argument callable returning an awaitable (an ``async
+        def``, a ``functools.partial`` of one, a lambda). Concurrent callers of a
+        missing key on one event loop share one factory call (single-flight): its
+        value is stored with ``ttl`` and ``metadata`` and every caller gets the stored
+        entry; if it raises, every caller gets that exception, nothing is stored and
+        the next call tries again. (On a store whose ``get`` waits on a server,
+        concurrent callers of one key also share the first read.) Cancelling a caller
+        never cancels the factory call
+        others wait for; if every caller is cancelled it still runs to its end and
+        stores its value (an exception is then logged on the ``memkv`` logger).
+        ``RedisMemoryStore`` also shares the call across processes through a lease.
+
+        ``refresh_after`` (seconds or ``timedelta``, below ``ttl``): an entry whose
+        ``updated_at`` is older than that is returned at once while one background
+        task (one per key and loop; one per namespace and key across processes on
+        Redis) calls the factory and rewrites it; its failure is logged and the old
+        entry stays until it expires. ``ttl_jitter`` (a fraction in ``[0, 1)``)
+        shortens each written TTL by a random part of up to that fraction, so that
+        entries filled together do not expire together.
+
+        A hit costs one ``get``; a fill one ``get`` more, the factory, a ``set`` and
+        a ``get`` of what was stored. Bad arguments (a non-callable factory, a
+        negative TTL, ``refresh_after >= ttl``) raise before anything is read or
+        written: ``InvalidArgumentError``, ``InvalidTTLError``, ``InvalidKeyError``.
+        ``close()`` cancels and awaits background refreshes.
+        """
+        state = self._fill_state()
+        try:
+            key = check_key(key)
+            seconds = ttl_seconds(ttl)
+            meta = check_metadata(metadata)
+            refresh, jitter = check_fill_options(factory, seconds, refresh_after, ttl_jitter)
+            get_now = self._get_now
+            if get_now is not None:
+                entry = get_now(key)
+            else:
+                # A server round trip: concurrent callers of one key share one read too,
+                # so that a thousand callers of a hot key cost one GET, not a thousand.
+                entry = await state.lookups.run(key, lambda: type(self).get(self, key))
+            fill = Fill(key, factory, seconds, meta, jitter)
+            if entry is not None:
+                if refresh is not None and self._store_time() - entry._updated >= refresh:
+                    self._start_refresh(state, fill, entry)
+                state.operations["get_or_set", "hit"] += 1
+                return entry
+            filled: MemoryEntry[T] | None = await state.fills.run(
+                key, lambda: self._fill(fill, None)
+            )
+        except Exception:
+            state.operations["get_or_set", "error"] += 1
+            raise
+        state.operations["get_or_set", "miss"] += 1
+        assert filled is not None  # only a refresh may find nothing to do
+        return filled
+
+    async def add(
+        self,
+        key: str,
+        value: T,
+        ttl: TTL = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Store ``value`` like ``set`` only if ``key`` holds no live entry; ``True`` when
+        written.
+
+        Atomic on the built-in stores: among concurrent callers (and processes, on
+        Redis) exactly one writes. Derived here for third-party stores as a ``get``
+        then a ``set``, which is NOT atomic: two concurrent callers may both write.
+        """
+        key = check_key(key)
+        ttl_seconds(ttl)
+        check_metadata(metadata)
+        cls = type(self)
+        if await cls.get(self, key) is not None:
+            return False
+        await cls.set(self, key, value, ttl, metadata)
+        return True
+
+    async def touch(self, key: str, ttl: TTL = None) -> bool:
+        """Give the live entry at ``key`` a new expiry, ``ttl`` from now (``None``: never);
+        ``True`` when there was one.
+
+        The built-in stores keep value, metadata, ``created_at`` and ``updated_at``
+        and do it atomically. Derived here for third-party stores as a ``get`` then a
+        ``set`` of the same value and metadata, which moves ``updated_at`` and may
+        overwrite a concurrent write.
+        """
+        key = check_key(key)
+        ttl_seconds(ttl)
+        cls = type(self)
+        entry = await cls.get(self, key)
+        if entry is None:
+            return False
+        await cls.set(self, key, entry.value, ttl, entry.metadata)
+        return True
+
+    async def _fill(self, fill: Fill, stale: MemoryEntry[T] | None) -> MemoryEntry[T] | None:
+        """Store the factory's value for ``fill.key`` unless another caller just did.
+
+        ``stale`` is the entry a refresh replaces (``None`` for a fill). Returns the
+        entry stored, or ``None`` when a refresh found nothing to do. Runs inside the
+        single flight; ``RedisMemoryStore`` overrides it to add a cross-process lease.
+        """
+        entry = await type(self).get(self, fill.key)
+        if entry is not None and (stale is None or entry._updated > stale._updated):
+            return entry
+        return await self._compute(fill)
+
+    async def _compute(self, fill: Fill) -> MemoryEntry[T]:
+        """Run the factory, store its value, and return the entry stored."""
+        state = self._fill_state()
+        state.factory_calls += 1
+        try:
+            value = await call_factory(fill.factory)
+        except Exception:
+            state.factory_errors += 1
+            raise
+        seconds = jittered_ttl(fill.seconds, fill.jitter)
+        cls = type(self)
+        await cls.set(self, fill.key, value, seconds, fill.metadata)
+        entry = await cls.get(self, fill.key)
+        if entry is None:  # deleted, or evicted, between the two calls
+            now = self._store_time()
+            expires = None if seconds is None else now + seconds
+            entry = make_entry(fill.key, value, fill.metadata, now, now, expires)
+        return entry
+
+    def _start_refresh(self, state: FillState, fill: Fill, stale: MemoryEntry[T]) -> None:
+        if state.refreshes.start(fill.key, lambda: self._fill(fill, stale)):
+            state.refresh_count += 1
+
+    def _store_time(self) -> float:
+        """Now, in the store's UNIX seconds (what ``updated_at`` is measured in)."""
+        return time.time()
+
+    def _fill_state(self) -> FillState:
+        state: FillState | None = vars(self).get("_fills")
+        if state is None:
+            # setdefault: two threads racing here must end up sharing one state.
+            state = vars(self).setdefault("_fills", FillState())
+        return state
+
+    async def _close_fills(self) -> None:
+        """Cancel and await background refreshes (and fills nobody waits for)."""
+        state: FillState | None = vars(self).get("_fills")
+        if state is not None:
+            await state.aclose()
+
 
 _S = TypeVar("_S", bound=MemoryStore[Any])
 
@@ -351,7 +550,7 @@ class BaseMemoryStore(MemoryStore[T]):
         return removed
 
     async def close(self) -> None:
-        return None
+        await self._close_fills()
 
     def stats(self) -> StoreStats:
-        return StoreStats()
+        return StoreStats(flights=self._fill_state().stats())

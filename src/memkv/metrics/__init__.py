@@ -11,7 +11,8 @@ into metrics only when the metrics backend asks:
 
 Both take a ``MemoryManager`` (every store registered at collection time, by name) or a
 ``{name: store}`` mapping, and export the same figures: calls by operation and result,
-keys read by result, entries held, entries expired and entries evicted.
+keys read by result, entries held, entries expired and entries evicted, and the events of
+``get_or_set``/``cached`` (factory calls and errors, waits, refreshes, lease waits).
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from memkv.latency import LatencySnapshot
 from memkv.manager import MemoryManager
 from memkv.store import MemoryStore, StoreStats
 
-__all__ = ["StoreSample", "StoreSource", "snapshot"]
+__all__ = ["FLIGHT_EVENTS", "StoreSample", "StoreSource", "snapshot"]
+
+#: The ``event`` label of each ``StoreStats.flights`` field, in its order.
+FLIGHT_EVENTS = ("factory_call", "factory_error", "wait", "refresh", "lease_wait")
 
 #: What an exporter reads: a manager (every registered store) or a name-to-store mapping.
 StoreSource: TypeAlias = MemoryManager[Any] | Mapping[str, MemoryStore[Any]]

@@ -14,6 +14,9 @@ Registers, each with a ``store`` attribute (the store's name):
   ``result`` (``hit``, ``miss``);
 - ``memkv.entries`` (gauge, ``{entry}``): entries held, for stores that know it;
 - ``memkv.expired`` and ``memkv.evictions`` (counters, ``{entry}``);
+- ``memkv.flight_events`` (counter, ``{event}``): what ``get_or_set`` and ``cached`` did
+  beyond their calls, by ``event`` (``factory_call``, ``factory_error``, ``wait``,
+  ``refresh``, ``lease_wait``);
 - for a Redis store with a near cache: ``memkv.near_cache.lookups`` (counter, ``{key}``,
   by ``result``: ``hit`` served locally, ``miss`` sent to the server),
   ``memkv.near_cache.invalidations`` (counter, ``{key}``), ``memkv.near_cache.flushes``
@@ -39,6 +42,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from memkv.errors import InvalidArgumentTypeError
 from memkv.metrics import (
+    FLIGHT_EVENTS,
     OTEL_PREFIX,
     StoreSample,
     StoreSource,
@@ -89,6 +93,10 @@ def instrument(meter: Meter, source: StoreSource, prefix: str = "memkv") -> None
     def evictions(sample: StoreSample) -> Iterable[Observation]:
         yield Observation(sample.stats.evictions, {"store": sample.name})
 
+    def flights(sample: StoreSample) -> Iterable[Observation]:
+        for event, count in zip(FLIGHT_EVENTS, sample.stats.flights, strict=True):
+            yield Observation(count, {"store": sample.name, "event": event})
+
     def near_lookups(sample: StoreSample) -> Iterable[Observation]:
         near = sample.stats.near_cache
         if near is not None:
@@ -114,6 +122,14 @@ def instrument(meter: Meter, source: StoreSource, prefix: str = "memkv") -> None
         (gauge, "entries", entries, "{entry}", "Entries held by the store"),
         (counter, "expired", expired, "{entry}", "Entries dropped because their TTL ran out"),
         (counter, "evictions", evictions, "{entry}", "Entries dropped to respect max_entries"),
+        (
+            counter,
+            "flight_events",
+            flights,
+            "{event}",
+            "get_or_set and cached events: factory calls and errors, waits, refreshes, "
+            "lease waits",
+        ),
         (
             counter,
             "near_cache.lookups",

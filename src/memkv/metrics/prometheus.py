@@ -23,6 +23,10 @@ Exports, each labelled with the store's name (``store``):
   ``max_entries``;
 - ``memkv_operation_duration_seconds{operation}``: a histogram, for stores that called
   ``record_latency()``;
+- ``memkv_flight_events_total{event}``: what ``get_or_set`` and ``cached`` did beyond
+  their calls (``StoreStats.flights``): ``factory_call``, ``factory_error``, ``wait``
+  (a caller awaited another caller's factory call), ``refresh`` (a background refresh
+  started) and ``lease_wait`` (a fill waited for another process's Redis lease);
 - for a Redis store with a near cache (``near_cache=N``): ``memkv_near_cache_lookups_total
   {result}`` (keys served locally, ``hit``, or sent to the server, ``miss``),
   ``memkv_near_cache_invalidations_total`` (keys the server invalidated),
@@ -49,6 +53,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     ) from err
 
 from memkv.metrics import (
+    FLIGHT_EVENTS,
     PROMETHEUS_PREFIX,
     StoreSource,
     check_metric_prefix,
@@ -116,7 +121,15 @@ class StoreCollector(Collector):
             "Time spent in store calls, for stores that record latency",
             labels=["store", "operation"],
         )
+        flights = CounterMetricFamily(
+            f"{ns}_flight_events",
+            "get_or_set and cached events: factory calls and errors, waits, refreshes, "
+            "lease waits",
+            labels=["store", "event"],
+        )
         for name, stats, latency in samples:
+            for event, count in zip(FLIGHT_EVENTS, stats.flights, strict=True):
+                flights.add_metric([name, event], count)
             for (operation, result), count in stats.operations.items():
                 operations.add_metric([name, operation, result], count)
             lookups.add_metric([name, "hit"], stats.hits)
@@ -138,7 +151,7 @@ class StoreCollector(Collector):
                     [(_bound(bound), count) for bound, count in histogram.cumulative()],
                     histogram.total,
                 )
-        yield from (operations, lookups, entries, expired, evictions)
+        yield from (operations, lookups, entries, expired, evictions, flights)
         if near_lookups.samples:
             yield from (near_lookups, near_invalidations, near_flushes, near_entries)
         if durations.samples:

@@ -23,6 +23,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from memkv.redis.client import AnyRedis
 from memkv.redis.cluster import ClusterRouter, NodeAddress, NodeConnection, node_factory
+from memkv.redis.lease import Script, run_script
 from memkv.redis.transport import ConnectionSpec, Node, ReplyError
 
 __all__ = [
@@ -51,6 +52,7 @@ end
 return 1
 """
 _SET_SHA = hashlib.sha1(SET_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+_SET = Script(SET_SCRIPT, _SET_SHA)
 
 #: Clients a forked child replaced: kept, never collected (see ``renew``).
 _INHERITED_CLIENTS: list[Any] = []
@@ -85,11 +87,30 @@ class Commands(Protocol):
 
     def set_many(self, writes: list[tuple[bytes, bytes, int]]) -> Awaitable[None]: ...
 
+    def set_if_absent(self, key: bytes, envelope: bytes, px: int) -> Awaitable[bool]: ...
+
+    def script(self, script: Script, key: bytes, *args: Any) -> Awaitable[Any]: ...
+
     def scan(self, match: bytes, count: int, retry: Retry = None) -> AsyncIterator[bytes]: ...
 
     def renew(self) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+async def _evalsha(execute: Callable[..., Awaitable[Any]], script: Script, *args: Any) -> Any:
+    """``EVALSHA`` ``script`` with ``args`` (numkeys, keys, arguments), then ``EVAL`` if
+    the server lacks it (first use, or its script cache was flushed by a restart)."""
+    try:
+        return await execute(b"EVALSHA", script.sha, *args)
+    except ReplyError as err:
+        if err.prefix != "NOSCRIPT":
+            raise
+    return await execute(b"EVAL", script.source, *args)
+
+
+def _set_nx(px: int) -> tuple[bytes | int, ...]:
+    return (b"NX", b"PX", px) if px else (b"NX",)
 
 
 def _noscript(reply: object) -> bool:
@@ -198,15 +219,17 @@ class NodeCommands(_TransportCommands):
         _first_error(replies)
         return [reply.decode() for reply in replies]
 
-    async def set(self, key: bytes, envelope: bytes, px: int) -> None:
+    def set(self, key: bytes, envelope: bytes, px: int) -> Awaitable[None]:
         """Write ``envelope`` at ``key`` with the set script (``px`` 0: no expiry)."""
-        try:
-            await self.node.execute(b"EVALSHA", _SET_SHA, 1, key, envelope, px)
-        except ReplyError as err:
-            if err.prefix != "NOSCRIPT":
-                raise
-            # First use on this server, or its script cache was flushed (restart).
-            await self.node.execute(b"EVAL", SET_SCRIPT, 1, key, envelope, px)
+        return _evalsha(self.node.execute, _SET, 1, key, envelope, px)
+
+    async def set_if_absent(self, key: bytes, envelope: bytes, px: int) -> bool:
+        """``SET key envelope NX [PX px]``: whether it was written."""
+        return await self.node.execute(b"SET", key, envelope, *_set_nx(px)) is not None
+
+    def script(self, script: Script, key: bytes, *args: Any) -> Awaitable[Any]:
+        """Run one of ``memkv.redis.lease``'s scripts on ``key``."""
+        return _evalsha(self.node.execute, script, 1, key, *args)
 
     async def set_many(self, writes: list[tuple[bytes, bytes, int]]) -> None:
         """``set`` each ``(key, envelope, px)`` in order, in one batch."""
@@ -324,13 +347,15 @@ class ClusterCommands(_TransportCommands):
         return [reply.decode() for reply in await self._each(b"TYPE", keys)]
 
     async def set(self, key: bytes, envelope: bytes, px: int) -> None:
+        await self.script(_SET, key, envelope, px)
+
+    async def set_if_absent(self, key: bytes, envelope: bytes, px: int) -> bool:
         router = self._router or await self.router()
-        try:
-            await router.execute(key, b"EVALSHA", _SET_SHA, 1, key, envelope, px)
-        except ReplyError as err:
-            if err.prefix != "NOSCRIPT":
-                raise
-            await router.execute(key, b"EVAL", SET_SCRIPT, 1, key, envelope, px)
+        return await router.execute(key, b"SET", key, envelope, *_set_nx(px)) is not None
+
+    async def script(self, script: Script, key: bytes, *args: Any) -> Any:
+        router = self._router or await self.router()
+        return await _evalsha(functools.partial(router.execute, key), script, 1, key, *args)
 
     async def set_many(self, writes: list[tuple[bytes, bytes, int]]) -> None:
         router = self._router or await self.router()
@@ -451,6 +476,15 @@ class RedisCommands:
         except redis_errors.NoScriptError:
             # First use on this server, or its script cache was flushed (restart).
             await self.client.execute_command("EVAL", SET_SCRIPT, 1, key, envelope, px)
+
+    async def set_if_absent(self, key: bytes, envelope: bytes, px: int) -> bool:
+        """``SET key envelope NX [PX px]``: whether it was written."""
+        expiry = ("PX", px) if px else ()
+        return bool(await self.client.execute_command("SET", key, envelope, "NX", *expiry))
+
+    async def script(self, script: Script, key: bytes, *args: Any) -> Any:
+        """Run one of ``memkv.redis.lease``'s scripts on ``key``."""
+        return await run_script(self.client, script, key, *args)
 
     async def set_many(self, writes: list[tuple[bytes, bytes, int]]) -> None:
         """``set`` each ``(key, envelope, px)`` in order, in one pipeline."""

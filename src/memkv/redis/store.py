@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import functools
 import os
+import random
+import struct
 import time
 from collections import Counter
 from collections.abc import (
@@ -35,10 +37,12 @@ from memkv.redis.client import (
     server_label,
 )
 from memkv.redis.commands import ClusterCommands, Commands, NodeCommands, RedisCommands
-from memkv.redis.envelope import decode_entry, encode_entry, ttl_milliseconds
+from memkv.redis.envelope import ENVELOPE_MAGIC, decode_entry, encode_entry, ttl_milliseconds
 from memkv.redis.errors import FAILURES, FOREIGN_TYPE_MESSAGE, retryable, translate
+from memkv.redis.lease import LEASE_PREFIX, RELEASE, RENEW, TOUCH
 from memkv.redis.near_cache import MISS, NearCache
 from memkv.redis.retry import RetryPolicy
+from memkv.singleflight import Fill
 from memkv.store import TTL, BaseMemoryStore, StoreStats, operation_counts
 from memkv.urls import RedisURL, parse_redis_url
 from memkv.validation import (
@@ -70,25 +74,31 @@ def _ok(_result: object) -> str:
     return "ok"
 
 
+def _ok_or_exists(written: object) -> str:
+    """``ok`` when ``add`` wrote, ``exists`` when a live entry was there already."""
+    return "ok" if written else "exists"
+
+
 def _hit_or_miss(result: object) -> str:
     """``hit`` for an entry or ``True``, ``miss`` for ``None`` or ``False``."""
     return "miss" if result is None or result is False else "hit"
 
 
 def _operation(
-    name: str, result: Callable[[Any], str] = _ok, *, keyed: bool = False
+    name: str, result: Callable[[Any], str] = _ok, *, keyed: bool = False, retried: bool = True
 ) -> Callable[[_Operation[P, R]], _Operation[P, R]]:
     """Run a store operation: bind the store to the running event loop, run it again
     under the store's retry policy after an outage (a store made from a URL; redis-py
     retries by itself for a client passed in), translate a transport, redis-py or socket
     failure into a memkv error (``memkv.redis.errors``), and count the call as ``(name,
     result(returned))`` or ``(name, "error")``. ``keyed``: the first argument is the
-    key, named by errors about its value.
+    key, named by errors about its value. ``retried=False``: the operation applies the
+    retry policy itself (``add``).
 
-    Every operation is retried: each runs commands whose effect is the same when they
-    run twice (reads; the envelope ``SET``; ``UNLINK``), see ``docs/redis-transport.md``.
-    A one-shot iterator argument is read into a list first, so that a retry sees it
-    whole.
+    The others are run again whole: each runs commands whose effect is the same when
+    they run twice (reads; the envelope ``SET``; ``UNLINK``; ``touch``'s script), see
+    ``docs/redis-transport.md``. A one-shot iterator argument is read into a list first,
+    so that a retry sees it whole.
     """
 
     def decorate(method: _Operation[P, R]) -> _Operation[P, R]:
@@ -103,7 +113,7 @@ def _operation(
                     returned = await method(self, *args, **kwargs)
                 except Exception as err:
                     retry = self._retry
-                    if retry is None or not retryable(err):
+                    if retry is None or not retried or not retryable(err):
                         raise
                     returned = await retry.again(lambda: method(self, *args, **kwargs), err)
             except Exception as err:
@@ -663,40 +673,39 @@ class RedisMemoryStore(BaseMemoryStore[T]):
     # -- lifecycle -----------------------------------------------------------------------
 
     def stats(self) -> StoreStats:
+        fills = self._fill_state()
+        ops = self._ops + fills.operations
+        gets, hits, misses = self._gets, self._hits, self._misses
         near = self._near
-        if near is None:
-            return StoreStats(
-                gets=self._gets,
-                hits=self._hits,
-                misses=self._misses,
-                sets=self._sets,
-                deletes=self._deletes,
-                entries=None,
-                operations=operation_counts(self._ops),
-            )
-        # Calls answered by a copy are counted apart (see get): add them in.
-        get_hits, get_misses = self._near_get_hits, self._near_get_misses
-        ops = Counter(self._ops)
-        ops["get", "hit"] += get_hits
-        ops["get", "miss"] += get_misses
-        ops["exists", "hit"] += self._near_exists_hits
-        ops["exists", "miss"] += self._near_exists_misses
+        if near is not None:
+            # Calls answered by a copy are counted apart (see get): add them in.
+            get_hits, get_misses = self._near_get_hits, self._near_get_misses
+            ops["get", "hit"] += get_hits
+            ops["get", "miss"] += get_misses
+            ops["exists", "hit"] += self._near_exists_hits
+            ops["exists", "miss"] += self._near_exists_misses
+            gets += get_hits + get_misses
+            hits += get_hits
+            misses += get_misses
         return StoreStats(
-            gets=self._gets + get_hits + get_misses,
-            hits=self._hits + get_hits,
-            misses=self._misses + get_misses,
+            gets=gets,
+            hits=hits,
+            misses=misses,
             sets=self._sets,
             deletes=self._deletes,
             entries=None,
             operations=operation_counts(ops),
-            near_cache=near.stats(),
+            flights=fills.stats(),
+            near_cache=None if near is None else near.stats(),
         )
 
     async def close(self) -> None:
         """Close the connections (only when the store made its client). Safe twice.
 
         The store may be used again afterwards, on this loop or another: it reconnects.
+        Background refreshes of ``get_or_set`` are cancelled and awaited first.
         """
+        await self._close_fills()
         bound = self._loop
         if bound is not None and bound is not asyncio.get_running_loop():
             if self._loop_runs(bound):
@@ -720,3 +729,118 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             f"RedisMemoryStore({kind}{self._server}, namespace={self._namespace!r}, "
             f"codec={codec_name(self._codec)!r}{near})"
         )
+
+    # -- add, touch and get_or_set's cross-process lease --------------------------------
+
+    #: How long a fill lease lasts unless its holder renews it (every third of it while
+    #: the factory runs): how long other processes wait for a holder that died.
+    lease_ttl: float = 5.0
+
+    @_operation("add", _ok_or_exists, keyed=True, retried=False)
+    async def add(
+        self,
+        key: str,
+        value: T,
+        ttl: TTL = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Store ``value`` like ``set`` only if ``key`` holds no live entry; ``True`` when
+        written. One ``SET NX`` of a fresh envelope: atomic across every client."""
+        redis_key = self._redis_key(key)
+        px = ttl_milliseconds(ttl_seconds(ttl))
+        envelope = self._encode(value, check_metadata(metadata), time.time(), px)
+        with self._writing((key,)):
+            try:
+                written = await self._redis.set_if_absent(redis_key, envelope, px)
+            except Exception as err:
+                if self._retry is None:
+                    raise
+                written = await self._retry.again(
+                    lambda: self._add_again(redis_key, envelope, px), err
+                )
+        if written:
+            self._sets += 1
+        return written
+
+    async def _add_again(self, redis_key: bytes, envelope: bytes, px: int) -> bool:
+        """``add`` after a lost connection: the first ``SET NX`` may have written before
+        the reply was lost, so a refusal counts as written when the key holds this very
+        envelope (its timestamps make it this call's own)."""
+        if await self._redis.set_if_absent(redis_key, envelope, px):
+            return True
+        return await self._redis.get(redis_key) == envelope
+
+    @_operation("touch", _hit_or_miss, keyed=True)
+    async def touch(self, key: str, ttl: TTL = None) -> bool:
+        """Give the live entry at ``key`` a new expiry, ``ttl`` from now (``None``: never);
+        ``True`` when there was one. One script: ``PEXPIRE``/``PERSIST`` and the
+        envelope's ``expires_at`` change together; value, metadata and the other
+        timestamps are kept. A key holding no memkv entry raises ``CodecError``."""
+        redis_key = self._redis_key(key)
+        px = ttl_milliseconds(ttl_seconds(ttl))
+        expires = time.time() + px / 1000 if px else 0.0  # as the envelope: whole ms
+        with self._writing((key,)):
+            found = await self._redis.script(
+                TOUCH, redis_key, px, struct.pack(">d", expires), ENVELOPE_MAGIC
+            )
+        if found < 0:
+            raise CodecError(
+                f"the value at key {key!r} in namespace {self._namespace!r} on "
+                f"{self._where} is not a memkv entry"
+            )
+        return bool(found)
+
+    async def _fill(self, fill: Fill, stale: MemoryEntry[T] | None) -> MemoryEntry[T] | None:
+        """Compute under a lease, so that one process runs the factory while the others
+        poll for the entry (backing off from 2 ms to 50 ms); a refresh that finds the
+        lease taken leaves the refresh to its holder."""
+        lease_key = LEASE_PREFIX + self._redis_key(fill.key)
+        token = os.urandom(16)
+        delay = 0.002
+        waited = False
+        while True:
+            if await self._lease(lease_key, token):
+                renewing = asyncio.create_task(self._keep_lease(lease_key, token))
+                try:
+                    return await super()._fill(fill, stale)
+                finally:
+                    renewing.cancel()
+                    await asyncio.gather(renewing, return_exceptions=True)
+                    await self._release(lease_key, token)
+            if stale is not None:
+                return None
+            if not waited:
+                waited = True
+                self._fill_state().lease_waits += 1
+            entry = await type(self).get(self, fill.key)
+            if entry is not None:
+                return entry
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, 0.05)
+
+    async def _lease(self, lease_key: bytes, token: bytes) -> bool:
+        """Take the lease at ``lease_key`` with ``token`` unless another holder has it."""
+        try:
+            return await self._redis.set_if_absent(
+                lease_key, token, max(1, round(self.lease_ttl * 1000))
+            )
+        except FAILURES as err:
+            raise translate(err, self._where) from err
+
+    async def _keep_lease(self, lease_key: bytes, token: bytes) -> None:
+        """Renew the lease every third of ``lease_ttl`` while the factory runs."""
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            try:
+                renewed = await self._redis.script(
+                    RENEW, lease_key, token, max(1, round(self.lease_ttl * 1000))
+                )
+            except FAILURES:
+                return  # the factory's own write will meet the same outage and report it
+            if not renewed:
+                return  # expired meanwhile; another process may be computing too
+
+    async def _release(self, lease_key: bytes, token: bytes) -> None:
+        # Not worth failing a fill whose entry is stored: the lease expires by itself.
+        with contextlib.suppress(*FAILURES):
+            await self._redis.script(RELEASE, lease_key, token)

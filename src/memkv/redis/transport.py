@@ -251,7 +251,8 @@ class ConnectionSpec:
     (``server_hostname`` defaults to ``host``). ``protocol=3`` sends ``HELLO 3`` and
     falls back to RESP2 on a server without ``HELLO``; ``protocol=2`` never sends it.
     ``connect_timeout`` bounds connecting plus the handshake; ``command_timeout`` is how
-    long the server may stay silent while commands wait for replies (``None``: forever).
+    long the server may stay silent while commands wait for replies (``None``: forever;
+    a blocking command such as ``BLPOP key 0`` needs ``None`` or its own connection).
     ``max_inflight`` bounds the commands written and not yet answered on one connection;
     beyond it callers wait for a slot (never an error).
     """
@@ -1047,14 +1048,18 @@ class Node:
             raise
 
     def _opened(self, bulk: bool, attempt: asyncio.Future[Connection]) -> None:
-        if self._opening.get(bulk) is attempt:
+        current = self._opening.get(bulk) is attempt
+        if current:
             del self._opening[bulk]
         if attempt.cancelled() or attempt.exception() is not None:
             return  # retrieved here so that an attempt nobody awaits any more is quiet
-        if bulk:
-            self._bulk = attempt.result()
+        connection = attempt.result()
+        if not current:  # close() gave it up just as it succeeded: do not keep it open
+            connection.close()
+        elif bulk:
+            self._bulk = connection
         else:
-            self._main = attempt.result()
+            self._main = connection
 
     def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind to ``loop``; drop connections inherited through fork or from a dead loop."""
