@@ -89,7 +89,8 @@ class NearCache:
         checked = check_max_entries(max_entries, "near_cache")
         assert checked is not None
         self.max_entries = checked
-        self._core = LocalCore(checked)
+        #: The copies: the store's ``get`` reads it directly (see ``lookup``).
+        self.core = LocalCore(checked)
         self._prefix = prefix
         self._health_interval = health_interval
         self._epoch = 0
@@ -101,18 +102,20 @@ class NearCache:
         self._tracked: set[Connection] = set()
         self._health: asyncio.TimerHandle | None = None
         self._health_loop: asyncio.AbstractEventLoop | None = None
-        self._hits = self._misses = self._invalidations = self._flushes = 0
+        #: Keys looked up and found (a copy or a known absence), or not found.
+        self.hits = self.misses = 0
+        self._invalidations = self._flushes = 0
         _CACHES.add(self)
 
     # -- reads --------------------------------------------------------------------------
 
     def lookup(self, key: str) -> Any:
         """The cached entry for ``key``, ``None`` for a cached absence, or ``MISS``."""
-        found = self._core.get(key)
+        found = self.core.get(key)
         if found is None:
-            self._misses += 1
+            self.misses += 1
             return MISS
-        self._hits += 1
+        self.hits += 1
         return found.value
 
     def start_read(self, keys: Sequence[str]) -> ReadToken:
@@ -150,20 +153,20 @@ class NearCache:
 
     def _fill(self, key: str, entry: MemoryEntry[Any] | None, now: float) -> None:
         if entry is None:
-            self._core.set(key, None)
+            self.core.set(key, None)
             return
         expires = entry._expires
         if expires is None:
-            self._core.set(key, entry)
+            self.core.set(key, entry)
         elif expires > now:
-            self._core.set(key, entry, expires - now)
+            self.core.set(key, entry, expires - now)
 
     # -- invalidation -------------------------------------------------------------------
 
     def drop(self, keys: Iterable[str]) -> None:
         """Forget ``keys`` and refuse the fills of their reads in flight (own writes)."""
         self._tick += 1
-        tick, reading, invalidated, core = self._tick, self._reading, self._invalidated, self._core
+        tick, reading, invalidated, core = self._tick, self._reading, self._invalidated, self.core
         for key in keys:
             if key in reading:
                 invalidated[key] = tick
@@ -173,12 +176,12 @@ class NearCache:
         """Forget the copies of keys starting with ``prefix`` (this store's ``clear``)
         and refuse the fills of every read in flight."""
         self._epoch += 1
-        self._core.clear(prefix)
+        self.core.clear(prefix)
 
     def flush(self) -> None:
         """Forget every copy and refuse the fills of every read in flight."""
         self._epoch += 1
-        self._core.clear()
+        self.core.clear()
         self._flushes += 1
 
     def on_push(self, message: list[Any]) -> None:
@@ -243,7 +246,7 @@ class NearCache:
             self._tracked.discard(connection)
             # Nothing held and nothing being read: nothing can be stale (the cluster
             # router's one-question connections close right after CLUSTER SLOTS).
-            if self._reading or self._core.counters()[7]:
+            if self._reading or self.core.counters()[7]:
                 self.flush()
             if not self._tracked:
                 self._stop_health_checks()
@@ -287,9 +290,9 @@ class NearCache:
     def stats(self) -> NearCacheStats:
         return NearCacheStats(
             max_entries=self.max_entries,
-            entries=self._core.counters()[7],
-            hits=self._hits,
-            misses=self._misses,
+            entries=self.core.counters()[7],
+            hits=self.hits,
+            misses=self.misses,
             invalidations=self._invalidations,
             flushes=self._flushes,
         )

@@ -354,18 +354,22 @@ class RedisMemoryStore(BaseMemoryStore[T]):
     async def get(self, key: str) -> MemoryEntry[T] | None:
         near = self._near
         if near is not None:
-            # A copy is served without the operation decorator: there is no I/O to bind,
-            # retry or translate, and its coroutine frame would double a hit's cost.
+            # A copy is served without the operation decorator (there is no I/O to bind,
+            # retry or translate) and with NearCache.lookup written out: each frame
+            # would add a third to a hit's cost.
             try:
-                found = near.lookup(key)
+                copy = near.core.get(key)
             except Exception:
-                found = MISS  # not a str: the decorated path raises and counts it
-            if found is not MISS:
-                if found is None:
+                return await self._get(key)  # not a str: raised and counted there
+            if copy is not None:
+                near.hits += 1
+                entry: MemoryEntry[T] | None = copy.value
+                if entry is None:
                     self._near_get_misses += 1
                 else:
                     self._near_get_hits += 1
-                return found  # type: ignore[no-any-return]
+                return entry
+            near.misses += 1
         return await self._get(key)
 
     @_operation("get", _hit_or_miss, keyed=True)
