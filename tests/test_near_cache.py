@@ -546,3 +546,62 @@ async def test_a_forked_child_starts_with_an_empty_near_cache(
     _, status = await asyncio.to_thread(os.waitpid, pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert reader.cache.lookup("k") is not MISS  # the parent keeps its copy
+
+
+async def test_cluster_a_failover_flushes_and_the_new_primary_is_tracked(
+    private_cluster: list[RedisServer], tmp_path: Path, redis_binary: str
+) -> None:
+    """A primary holding cached keys dies: its lost connection flushes; once its replica
+    takes over, reads go there, fill again, and its invalidations drop the copies."""
+    from tests.redis_servers import CLUSTER_ARGS, free_port
+    from tests.test_cluster_routing import admin, knows, link_up, node_id, wait_for
+
+    victim = private_cluster[1]
+    replica = RedisServer(
+        redis_binary, tmp_path / "replica", port=free_port(cluster_bus=True), args=CLUSTER_ARGS
+    )
+    replica.start()
+    replica_admin = await admin(replica)
+    url = f"redis+cluster://127.0.0.1:{private_cluster[0].port}"
+    reader = await cluster_reader(url)
+    assert reader.router is not None
+    try:
+        await replica_admin.execute_command(
+            "CLUSTER", "MEET", "127.0.0.1", private_cluster[0].port
+        )
+        victim_id = await node_id(victim)
+        await wait_for(lambda: knows(replica_admin, victim_id), "the replica to learn the victim")
+        await replica_admin.execute_command("CLUSTER", "REPLICATE", victim_id)
+        await wait_for(lambda: link_up(replica_admin), "the replica to sync")
+        key = next(
+            f"f{index}"
+            for index in range(1000)
+            if reader.router._slots[slot_of(reader.redis_key(f"f{index}"))].port == victim.port  # type: ignore[union-attr]
+        )
+        redis_key = reader.redis_key(key)
+        await reader.set(key, b"before")
+        assert await reader.execute(redis_key, b"WAIT", 1, 2000) == 1
+        assert await reader.get(key) == b"before"
+        assert reader.cache.lookup(key) is not MISS
+
+        victim.kill()
+        await wait_until(lambda: reader.cache.stats().flushes >= 1)
+        assert reader.cache.lookup(key) is MISS
+        await replica_admin.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                assert await reader.get(key) == b"before"
+                break
+            except OSError:  # BackendUnavailableError until the refreshed map finds it
+                assert time.monotonic() < deadline, "the new primary was never found"
+                await asyncio.sleep(0.05)
+        assert reader.cache.lookup(key) is not MISS  # filled from the new primary
+        invalidations = reader.cache.stats().invalidations
+        await replica_admin.execute_command("SET", redis_key, "after")
+        await wait_until(lambda: reader.cache.stats().invalidations > invalidations)
+        assert await reader.get(key) == b"after"
+    finally:
+        await reader.close()
+        await replica_admin.aclose()
+        replica.stop()
