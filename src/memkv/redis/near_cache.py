@@ -280,10 +280,12 @@ class NearCache:
             health.cancel()
 
     def close(self) -> None:
-        """Stop the health checks and forget every copy (the store is closing)."""
+        """Stop the health checks and forget every copy (the store is closing; not
+        counted as a flush)."""
         self._stop_health_checks()
         self._tracked.clear()
-        self.flush()
+        self._epoch += 1
+        self.core.clear()
 
     # -- reporting ----------------------------------------------------------------------
 
