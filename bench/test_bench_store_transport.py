@@ -11,6 +11,8 @@ one client do 90 % ``get`` / 10 % ``set`` of 100-byte values over 10,000 keys.
   path every store took before (main's store), still used for a client passed in;
 - ``redis-py``: raw ``redis.asyncio.Redis`` (default pool, hiredis) sending GET/SET of
   the same envelopes;
+- ``transport``: the store's transport ``Node`` reached directly with raw GET/SET (what
+  the store costs above its transport);
 - ``bare``: the ~60-line coalescing protocol client of ``bench/test_bench_transport.py``
   (no timeouts, no errors, no reconnection), the ceiling reference;
 - ``glide``: valkey-glide's ``GlideClient`` when it is installed (the ``peers`` extra).
@@ -251,6 +253,7 @@ def bursts(clients: dict[str, Any], plans: Plans, *names: str) -> dict[str, Burs
         "store on redis-py": lambda: on_store(clients["store on redis-py"], plans),
         "redis-py": lambda: on_execute(clients["redis-py"].execute_command, plans, envelope),
         "bare": lambda: on_execute(clients["bare"].execute, plans, envelope),
+        "transport": lambda: on_execute(clients["store"]._redis.node.execute, plans, envelope),
         "glide": lambda: on_glide(clients["glide"], plans, envelope),
     }
     return {
@@ -263,12 +266,14 @@ def bursts(clients: dict[str, Any], plans: Plans, *names: str) -> dict[str, Burs
 
 def test_fifty_tasks_on_one_store(runner: asyncio.Runner, clients: dict[str, Any]) -> None:
     plans = workload(50, CONCURRENT_OPS)
-    names = ("store", "store on redis-py", "redis-py", "bare", "glide")
+    names = ("store", "store on redis-py", "redis-py", "transport", "bare", "glide")
     result = runner.run(rotate(bursts(clients, plans, *names)))
     figure = "50 tasks, 90/10 get/set, 100 B, 10k keys"
     report(figure, result, "store", "redis-py", 5.0)
     report(figure, result, "store", "bare", 0.7)
     report(figure, result, "store", "store on redis-py", None)
+    report(figure, result, "store", "transport", None)
+    report(figure, result, "transport", "bare", None)
     if "glide" in result.rates:
         report(figure, result, "store", "glide", None)
 

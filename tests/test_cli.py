@@ -187,6 +187,15 @@ def test_progress_matches_the_planned_calls() -> None:
     asyncio.run(run_baseline(keys=300, calls=500, progress=lambda _, done: reported.append(done)))
     assert sum(reported) == baseline_calls(500)
     assert len(BASELINE_OPERATIONS) == 5
+    reported.clear()
+    names.clear()
+    asyncio.run(
+        run_store_benchmark(
+            "local", store, keys=300, calls=500, progress=progress, concurrent=True
+        )
+    )
+    assert sum(reported) == planned_calls(500, concurrent=True)
+    assert names[-2:] == ["mixed_50_tasks", "mixed_200_tasks"]
 
 
 # -- help, version, entry points -----------------------------------------------------------
@@ -435,7 +444,13 @@ def test_bench_on_redis_reports_it_and_leaves_nothing_behind(store_url: str) -> 
     report = json.loads(result.stdout)
     assert report["redis"].startswith("RedisMemoryStore(")
     redis_rows = [row for row in report["results"] if row["store"] == "redis"]
-    assert [row["operation"] for row in redis_rows] == OPERATION_NAMES
+    # The concurrent rows (50 and 200 tasks sharing the store) follow on Redis only.
+    assert [row["operation"] for row in redis_rows] == [
+        *OPERATION_NAMES,
+        "mixed_50_tasks",
+        "mixed_200_tasks",
+    ]
+    assert [row["calls"] for row in redis_rows[-2:]] == [100, 200]  # at least one per task
     assert all(row["vs_baseline"] is None and row["ops_per_second"] > 0 for row in redis_rows)
     assert asyncio.run(_keys(store_url)) == ["chat:1", "chat:2", "notes:1"]
 

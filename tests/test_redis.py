@@ -133,6 +133,78 @@ async def test_hung_server_raises_unavailable_within_the_timeouts(
         assert entry.value == 1
 
 
+async def test_an_operation_whose_reply_was_lost_is_retried_and_add_counts_its_own_write(
+    redis_server: RedisServer,
+) -> None:
+    # The server is stopped with add's SET NX in flight: the store times out, drops the
+    # connection and retries on a new one. On SIGCONT the server reads the first SET NX
+    # (already in its socket) and runs it, so the retry's SET NX is refused: add must
+    # still answer True, as the entry is its own; set and delete are retried the same way.
+    store: RedisMemoryStore[Any] = RedisMemoryStore(
+        redis_server.url, namespace=unique_namespace(), socket_timeout=0.2, retries=3
+    )
+    assert redis_server.process is not None
+    async with store:
+        await store.exists("warm")  # connected
+
+        async def stalled(call: Any) -> Any:
+            assert redis_server.process is not None
+            redis_server.process.send_signal(signal.SIGSTOP)
+            try:
+                pending = asyncio.ensure_future(call)
+                await asyncio.sleep(0.35)  # past socket_timeout: the first attempt is lost
+            finally:
+                redis_server.process.send_signal(signal.SIGCONT)
+            return await pending
+
+        async def connections() -> int:
+            info = await store.client.info("stats")
+            return int(info["total_connections_received"])
+
+        before = await connections()
+        assert await stalled(store.add("k", "mine")) is True
+        assert await connections() > before  # the first attempt's connection was dropped
+        entry = await store.get("k")
+        assert entry is not None
+        assert entry.value == "mine"
+        assert await store.add("k", "theirs") is False
+        await stalled(store.set("k", "again"))
+        entry = await store.get("k")
+        assert entry is not None
+        assert entry.value == "again"
+        await stalled(store.delete("k"))  # True or False: the lost attempt may have removed it
+        assert not await store.exists("k")
+        # A batch given as a one-shot generator is retried whole, not as what is left of it.
+        await stalled(store.set_many((f"g{index}", index) for index in range(10)))
+        found = await stalled(store.get_many(f"g{index}" for index in range(10)))
+        assert [entry.value for entry in found if entry] == list(range(10))
+        assert store.stats().operations[("add", "error")] == 0
+
+
+async def test_a_url_store_carries_concurrent_operations_on_one_connection(
+    redis_url: str,
+) -> None:
+    from redis.asyncio import Redis
+
+    name = f"memkv-{unique_namespace()}"
+    base = redis_url.split("?", 1)[0].rsplit("/", 1)[0]
+    store: RedisMemoryStore[Any] = RedisMemoryStore(
+        f"{base}/3?client_name={name}", namespace=unique_namespace()
+    )
+    admin = Redis.from_url(f"{base}/3")
+    try:
+        async with store:
+            await asyncio.gather(*(store.set(f"k{index}", index) for index in range(200)))
+            entries = await asyncio.gather(*(store.get(f"k{index}") for index in range(200)))
+            assert [entry.value for entry in entries if entry] == list(range(200))
+            clients = await admin.client_list()
+            assert [client["db"] for client in clients if client["name"] == name] == ["3"]
+            assert await admin.exists(f"{store.namespace}:k0".encode()) == 1  # in db 3
+            await store.clear()
+    finally:
+        await admin.aclose()
+
+
 async def test_unreachable_server_at_construction_fails_on_first_use_not_before() -> None:
     from tests.redis_servers import free_port
 

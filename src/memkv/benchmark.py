@@ -2,8 +2,11 @@
 
 Each store is preloaded with ``keys`` entries (each with a one-hour TTL), then every
 operation in ``OPERATIONS`` is timed twice over the same calls: once in a tight loop for
-throughput, once call by call for the p50/p99 latency. ``bench_report`` turns the results
-into the documented ``--json`` document (``BenchReport``).
+throughput, once call by call for the p50/p99 latency. With ``concurrent=True`` (the
+Redis store), ``CONCURRENT_OPERATIONS`` follow: 50 and then 200 tasks sharing the store,
+each doing 90 % ``get`` / 10 % ``set``, timed once (calls per second over the whole
+burst; each call's latency). ``bench_report`` turns the results into the documented
+``--json`` document (``BenchReport``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from memkv.store import MemoryStore
 __all__ = [
     "BASELINE",
     "BASELINE_OPERATIONS",
+    "CONCURRENT_OPERATIONS",
     "LOCAL_CYTHON",
     "LOCAL_PYTHON",
     "OPERATIONS",
@@ -75,6 +79,14 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("set", "set", 1),
     Operation("set_ttl", "set (ttl)", 1),
 )
+#: Many tasks sharing one store, 90 % get / 10 % set (``concurrent=True``): the figures
+#: where a coalescing transport shows (one write carries every task's commands).
+CONCURRENT_OPERATIONS: tuple[Operation, ...] = (
+    Operation("mixed_50_tasks", "50 tasks 90/10", 1),
+    Operation("mixed_200_tasks", "200 tasks 90/10", 1),
+)
+#: Tasks per concurrent operation.
+_TASKS = {"mixed_50_tasks": 50, "mixed_200_tasks": 200}
 #: The operations a bare dict can do as well (no TTL, no ordered prefix scan).
 BASELINE_OPERATIONS: tuple[Operation, ...] = tuple(
     operation
@@ -181,9 +193,11 @@ def calls_for(operation: Operation, calls: int) -> int:
     return calls if operation.keys_per_call == 1 else max(10, calls // BATCH)
 
 
-def planned_calls(calls: int) -> int:
-    """Calls ``run_store_benchmark(..., calls=calls)`` reports to ``progress`` in all."""
-    return sum(calls_for(operation, calls) for operation in OPERATIONS)
+def planned_calls(calls: int, *, concurrent: bool = False) -> int:
+    """Calls ``run_store_benchmark(..., calls=calls, concurrent=concurrent)`` reports to
+    ``progress`` in all."""
+    operations = OPERATIONS + (CONCURRENT_OPERATIONS if concurrent else ())
+    return sum(calls_for(operation, calls) for operation in operations)
 
 
 def baseline_calls(calls: int) -> int:
@@ -283,6 +297,51 @@ async def _measure(
     )
 
 
+async def _measure_concurrent(
+    store_name: str,
+    store: MemoryStore[Any],
+    work: _Workload,
+    operation: Operation,
+    calls: int,
+    progress: Progress,
+) -> BenchResult:
+    """``calls`` calls spread over ``_TASKS[operation.name]`` tasks sharing ``store``:
+    every tenth call of a task a ``set``, the others ``get``s of keys spread over the
+    workload."""
+    tasks = _TASKS[operation.name]
+    per_task = max(1, calls // tasks)
+    shuffled, value = work.shuffled, work.value
+    n = len(shuffled)
+    samples: list[int] = []
+    clock = time.perf_counter_ns
+
+    async def one_task(task: int) -> None:
+        get, set_ = store.get, store.set
+        for j in range(per_task):
+            key = shuffled[(task * per_task + j) % n]
+            begin = clock()
+            if j % 10 == 9:
+                await set_(key, value)
+            else:
+                await get(key)
+            samples.append(clock() - begin)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one_task(task) for task in range(tasks)))
+    elapsed = max(time.perf_counter() - start, 1e-9)
+    progress(operation, calls)
+    samples.sort()
+    return BenchResult(
+        store=store_name,
+        operation=operation,
+        calls=len(samples),
+        entries=n,
+        ops_per_second=len(samples) / elapsed,
+        p50_us=samples[len(samples) // 2] / 1000,
+        p99_us=samples[min(len(samples) - 1, len(samples) * 99 // 100)] / 1000,
+    )
+
+
 async def run_store_benchmark(
     store_name: str,
     store: MemoryStore[Any],
@@ -292,13 +351,16 @@ async def run_store_benchmark(
     ttl: float = 3600.0,
     key_prefix: str = "bench:",
     progress: Progress = _no_progress,
+    concurrent: bool = False,
 ) -> list[BenchResult]:
-    """Preload ``store`` with ``keys`` entries, then measure every operation of ``OPERATIONS``.
+    """Preload ``store`` with ``keys`` entries, then measure every operation of
+    ``OPERATIONS`` (and of ``CONCURRENT_OPERATIONS`` when ``concurrent``).
 
     Single-key operations run ``calls`` times, batch ones ``calls // 100`` times (see
-    ``calls_for``). Every key starts with ``key_prefix``; the entries under it are
-    removed before the run and afterwards (also when the run fails or is cancelled),
-    and carry ``ttl`` in between. ``keys`` must be at least 100.
+    ``calls_for``); the concurrent ones make ``calls`` calls across their tasks. Every
+    key starts with ``key_prefix``; the entries under it are removed before the run and
+    afterwards (also when the run fails or is cancelled), and carry ``ttl`` in between.
+    ``keys`` must be at least 100.
     """
     if keys < BATCH:
         raise ValueError(f"keys must be at least {BATCH}, got {keys}")
@@ -315,6 +377,10 @@ async def run_store_benchmark(
             count = calls_for(operation, calls)
             results.append(await _measure(store_name, operation, call, count, keys, progress))
             await asyncio.sleep(0)
+        for operation in CONCURRENT_OPERATIONS if concurrent else ():
+            results.append(
+                await _measure_concurrent(store_name, store, work, operation, calls, progress)
+            )
     finally:
         await store.clear(key_prefix)
     return results

@@ -32,6 +32,7 @@ from memkv._core import IMPLEMENTATION, MemoryEntry
 from memkv.benchmark import (
     BASELINE,
     BATCH,
+    CONCURRENT_OPERATIONS,
     LOCAL_CYTHON,
     LOCAL_PYTHON,
     OPERATIONS,
@@ -71,7 +72,7 @@ _STORE_LABELS = {
     REDIS: "redis",
     REDIS_NEAR_CACHE: "redis + near cache",
 }
-_LABELS = {operation.name: operation.label for operation in OPERATIONS}
+_LABELS = {operation.name: operation.label for operation in OPERATIONS + CONCURRENT_OPERATIONS}
 
 #: What a user can cause (bad URL, server down, missing extra, unreadable TLS file) and
 #: should see as one line; anything else is a bug and keeps its traceback.
@@ -214,7 +215,9 @@ async def _run_bench(
                 # measures copies read again (its first read of each key goes to Redis).
                 near_entries = max(BATCH, min(entries, near_cache))
                 plans.append((REDIS_NEAR_CACHE, near_store, near_entries, redis_ops))
-        total = baseline_calls(ops) + sum(planned_calls(calls) for *_, calls in plans)
+        total = baseline_calls(ops) + sum(
+            planned_calls(calls, concurrent=name == REDIS) for name, _, _, calls in plans
+        )
         # No auto-refresh: a rendering thread would steal time from the timed loops, so
         # the bar moves when the benchmark reports (several times a second).
         with Progress(
@@ -243,6 +246,7 @@ async def _run_bench(
                     calls=calls,
                     key_prefix=run_prefix if name in (REDIS, REDIS_NEAR_CACHE) else "bench:",
                     progress=advance,
+                    concurrent=name == REDIS,
                 )
     return results, redis_description
 

@@ -85,19 +85,24 @@ def _hit_or_miss(result: object) -> str:
 
 
 def _operation(
-    name: str, result: Callable[[Any], str] = _ok, *, keyed: bool = False, retried: bool = True
+    name: str,
+    result: Callable[[Any], str] = _ok,
+    *,
+    keyed: bool = False,
+    batch: bool = False,
+    retried: bool = True,
 ) -> Callable[[_Operation[P, R]], _Operation[P, R]]:
     """Run a store operation: bind the store to the running event loop, run it again
     under the store's retry policy after an outage (a store made from a URL; redis-py
     retries by itself for a client passed in), translate a transport, redis-py or socket
     failure into a memkv error (``memkv.redis.errors``), and count the call as ``(name,
     result(returned))`` or ``(name, "error")``. ``keyed``: the first argument is the
-    key, named by errors about its value. ``retried=False``: the operation applies the
-    retry policy itself (``add``).
+    key, named by errors about its value. ``batch``: the first argument may be a one-shot
+    iterator. ``retried=False``: the operation applies the retry policy itself (``add``).
 
     The others are run again whole: each runs commands whose effect is the same when
     they run twice (reads; the envelope ``SET``; ``UNLINK``; ``touch``'s script), see
-    ``docs/redis-transport.md``. A one-shot iterator argument is read into a list first,
+    ``docs/redis-transport.md``. A batch's one-shot iterator is read into a list first,
     so that a retry sees it whole.
     """
 
@@ -107,7 +112,7 @@ def _operation(
             try:
                 if self._loop is not asyncio.get_running_loop():
                     self._bind_loop()
-                if args and isinstance(args[0], Iterator):
+                if batch and args and isinstance(args[0], Iterator):
                     args = (list(args[0]), *args[1:])  # type: ignore[assignment]
                 try:
                     returned = await method(self, *args, **kwargs)
@@ -139,44 +144,49 @@ def _glob_escape(raw: bytes) -> bytes:
 
 
 class RedisMemoryStore(BaseMemoryStore[T]):
-    """A store on one Redis/Valkey server or a Redis Cluster, built on redis-py's asyncio
-    client (with hiredis).
+    """A store on one Redis/Valkey server or a Redis Cluster.
 
     ``url_or_client`` is a URL (``redis://[user:password@]host:port/db``, ``rediss://``
     for TLS, ``unix:///path/to/redis.sock``, ``redis+cluster://host:port``; see
     ``memkv.urls``), a ``memkv.urls.RedisURL`` parsed from one, or an
     existing ``redis.asyncio.Redis``/``RedisCluster`` made with ``decode_responses=False``
-    (the store then neither configures nor closes it). Every key lives at
-    ``"{namespace}:{key}"``; ``scan`` and ``clear`` never leave the namespace. ``codec``
-    is ``"msgpack"`` (default), ``"json"``, ``"pickle"`` (unsafe on a shared server) or
-    an object with ``encode``/``decode`` (``memkv.codecs``). Metadata is always stored
-    as MessagePack.
+    (the store then neither configures nor closes it, and runs its commands through it).
+    Every key lives at ``"{namespace}:{key}"``; ``scan`` and ``clear`` never leave the
+    namespace. ``codec`` is ``"msgpack"`` (default), ``"json"``, ``"pickle"`` (unsafe on
+    a shared server) or an object with ``encode``/``decode`` (``memkv.codecs``).
+    Metadata is always stored as MessagePack.
+
+    A store made from a URL sends every command through memkv's coalescing transport
+    (``docs/redis-transport.md``): one connection per server (per primary on a
+    cluster, plus one for commands of 512 KiB or more) that carries the commands of
+    every task, those issued during one event-loop iteration in one write, so many
+    tasks sharing one store cost few system calls and no connection pool.
 
     Connection options (URL query parameters too; the URL's values are used unless
-    given here): ``socket_timeout`` (1 s) bounds each command, ``connect_timeout``
-    (1 s) each connection attempt; a failed attempt is retried ``retries`` (3) times
-    after an exponential backoff with jitter from ``backoff_base`` (25 ms) up to
-    ``backoff_cap`` (1 s). When the budget is spent the operation raises
+    given here): ``socket_timeout`` (1 s) is how long the server may stay silent while
+    commands wait for their replies (a large value that keeps flowing is not cut),
+    ``connect_timeout`` (1 s) bounds each connection attempt and its handshake. An
+    operation that meets a refused, lost or silent connection runs again ``retries``
+    (3) times after an exponential backoff with jitter from ``backoff_base`` (25 ms) up
+    to ``backoff_cap`` (1 s); which operations that is safe for is in
+    ``docs/redis-transport.md``. When the budget is spent the operation raises
     ``BackendUnavailableError``: at worst after ``(retries + 1) * (connect_timeout +
     socket_timeout)`` plus the backoff (0.175-0.35 s by default), after just the
     backoff when the server refuses connections. The same store recovers by itself
-    when the server returns. On a cluster, redis-py's cluster client spends
-    ``retries`` on its own loop, which refreshes the slot map between attempts.
-    ``max_connections`` bounds the pool (unbounded by default; when set on one server,
-    callers wait up to ``socket_timeout`` for a free connection; on a cluster it is per
-    node, and a call that finds no free connection fails at once with
-    ``BackendUnavailableError``, as redis-py's cluster pool does). A wrong password or
-    an ACL refusal raises ``AccessDeniedError`` without retrying. Values are sent whole
-    in one command under ``socket_timeout``: raise it for values of many megabytes.
+    when the server returns; on a cluster the slot map is refreshed after a failed node
+    or a ``MOVED`` (``docs/redis-cluster.md``). ``max_connections`` bounds the pool of
+    the redis-py ``client`` only. A wrong password or an ACL refusal raises
+    ``AccessDeniedError`` without retrying.
 
     Costs: ``get``, ``set``, ``delete`` and ``exists`` are one round trip each (``set``
     runs a small cached Lua script, so overwriting keeps ``created_at`` atomically);
-    ``get_many`` is one round trip (``MGET`` and an ``EXISTS`` that tells a key of
-    another Redis type from a missing one; on a cluster one ``MGET`` per node, then
-    ``EXISTS`` of the misses), ``set_many`` one pipeline, ``delete_many`` one
-    ``UNLINK``; ``scan`` and ``clear`` walk the keyspace with ``SCAN`` (every primary on
-    a cluster) and never use ``KEYS`` or ``FLUSHDB``. ``stats()`` counts this client's
-    operations (``expired`` and ``evictions`` are 0, ``entries`` is ``None``).
+    ``get_many`` is one ``MGET`` (one batch per node on a cluster), and a second round
+    trip, ``EXISTS`` of the keys that came back empty, only when some did (it tells a
+    key of another Redis type from a missing one); ``set_many`` one pipelined batch,
+    ``delete_many`` one ``UNLINK`` (one batch per node on a cluster); ``scan`` and
+    ``clear`` walk the keyspace with ``SCAN`` (every primary on a cluster) and never use
+    ``KEYS`` or ``FLUSHDB``. ``stats()`` counts this client's operations (``expired``
+    and ``evictions`` are 0, ``entries`` is ``None``).
 
     ``near_cache=N`` (URL: ``?near_cache=N``; a store made from a URL only) keeps a copy
     of up to N entries in this process, kept coherent by the server's invalidation
@@ -482,7 +492,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
 
     # -- batches -----------------------------------------------------------------------
 
-    @_operation("get_many")
+    @_operation("get_many", batch=True)
     async def get_many(self, keys: Iterable[str]) -> list[MemoryEntry[T] | None]:
         checked = check_keys(keys)
         if not checked:
@@ -533,7 +543,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             if redis_type not in ("string", "none"):
                 raise CodecError(FOREIGN_TYPE_MESSAGE.format(key=keys[index], where=self._where))
 
-    @_operation("set_many")
+    @_operation("set_many", batch=True)
     async def set_many(
         self,
         items: Mapping[str, T] | Iterable[tuple[str, T]],
@@ -554,7 +564,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             await self._redis.set_many(writes)
         self._sets += len(pairs)
 
-    @_operation("delete_many")
+    @_operation("delete_many", batch=True)
     async def delete_many(self, keys: Iterable[str]) -> int:
         checked = check_keys(keys)
         if not checked:
