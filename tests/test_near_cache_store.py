@@ -233,6 +233,27 @@ async def test_own_writes_leave_no_stale_copy(near: RedisMemoryStore[Any]) -> No
     assert await near.get("q") is None
 
 
+async def test_an_own_large_write_leaves_no_stale_copy_while_the_reader_is_unread(
+    near: RedisMemoryStore[Any],
+) -> None:
+    """A large value goes on the node's second connection; the connection that read the
+    copy is held unread until the write returned, so no invalidation can come through
+    it. The copy is gone all the same (dropped by the store, and invalidated by the
+    server on the writing connection, which tracks too)."""
+    await near.set("big", "small")
+    assert (await near.get("big")).value == "small"  # type: ignore[union-attr]
+    reading = near._redis.node.connection  # type: ignore[attr-defined]
+    assert reading is not None
+    reading._transport.pause_reading()
+    large = "x" * 600_000
+    try:
+        await near.set("big", large)
+    finally:
+        reading._transport.resume_reading()
+    assert (await near.get("big")).value == large  # type: ignore[union-attr]
+    assert reading is near._redis.node.connection  # type: ignore[attr-defined]
+
+
 async def test_a_read_racing_an_own_write_keeps_no_stale_copy(
     near: RedisMemoryStore[Any],
 ) -> None:
@@ -494,3 +515,55 @@ async def test_add_touch_and_get_or_set_leave_no_stale_copy(
 
     assert (await near.get_or_set("k", compute)).value == 7
     assert (await near.get("k")).value == 7  # type: ignore[union-attr]
+
+
+async def test_after_random_concurrent_reads_and_writes_every_copy_matches_the_server(
+    near: RedisMemoryStore[Any], writer: RedisMemoryStore[Any]
+) -> None:
+    """Readers (get, get_many, exists), this store's own writes and another client's
+    writes race on ten keys; once they stop and 20 ms pass, what the near cache serves is
+    what the server holds, key by key, in each of 20 rounds."""
+    import random
+
+    rng = random.Random(11)
+    keys = [f"r{index}" for index in range(10)]
+    for round_ in range(20):
+        stop = asyncio.Event()
+
+        async def read(stop: asyncio.Event, seed: str) -> None:
+            local = random.Random(seed)
+            while not stop.is_set():
+                choice = local.random()
+                if choice < 0.6:
+                    await near.get(local.choice(keys))
+                elif choice < 0.8:
+                    await near.get_many(local.sample(keys, 3))
+                else:
+                    await near.exists(local.choice(keys))
+                await asyncio.sleep(0)  # a near-cache hit never yields to the loop
+
+        async def write(store: RedisMemoryStore[Any], seed: int, round_: int) -> None:
+            local = random.Random(seed)
+            for step in range(30):
+                key = local.choice(keys)
+                value = (round_, seed, step)
+                choice = local.random()
+                if choice < 0.6:
+                    await store.set(key, value)
+                elif choice < 0.8:
+                    await store.delete(key)
+                else:
+                    await store.set_many(dict.fromkeys(local.sample(keys, 2), value))
+                await asyncio.sleep(0)
+
+        readers = [asyncio.ensure_future(read(stop, rng.random().hex())) for _ in range(6)]
+        await asyncio.gather(write(writer, 1, round_), write(near, 2, round_))
+        stop.set()
+        await asyncio.gather(*readers)
+        await asyncio.sleep(0.02)
+        served = [entry and entry.value for entry in await near.get_many(keys)]
+        held = [entry and entry.value for entry in await writer.get_many(keys)]
+        assert served == held, round_
+        assert [await near.exists(key) for key in keys] == [v is not None for v in held]
+    assert near_stats(near).hits > 0
+    assert near_stats(near).invalidations > 0
