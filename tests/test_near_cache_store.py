@@ -85,7 +85,7 @@ async def test_a_second_get_is_served_from_the_near_cache(
     first = await near.get("k")
     second = await near.get("k")
     assert first is not None
-    assert second is first
+    assert second == first
     assert second.metadata == {"m": 1}
     stats = near.stats()
     assert (stats.gets, stats.hits, stats.misses) == (2, 2, 0)
@@ -567,3 +567,20 @@ async def test_after_random_concurrent_reads_and_writes_every_copy_matches_the_s
         assert [await near.exists(key) for key in keys] == [v is not None for v in held]
     assert near_stats(near).hits > 0
     assert near_stats(near).invalidations > 0
+
+
+async def test_a_stored_none_is_a_copy_not_an_absence(near: RedisMemoryStore[Any]) -> None:
+    await near.set("none", None, metadata={"kind": "empty"})
+    first = await near.get("none")
+    second = await near.get("none")  # from the near cache
+    assert first is not None
+    assert second == first
+    assert second is not None
+    assert second.value is None
+    assert second.metadata == {"kind": "empty"}
+    assert await near.exists("none") is True
+    assert [entry is not None for entry in await near.get_many(["none", "nothing"])] == [
+        True,
+        False,
+    ]
+    assert near_stats(near).hits >= 3

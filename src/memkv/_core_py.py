@@ -71,6 +71,10 @@ OPERATION_COUNTERS = (
 ) = range(len(OPERATION_COUNTERS))
 
 
+def _deadline(now: float, seconds: float | None) -> float | None:
+    return None if seconds is None else now + seconds
+
+
 def _to_datetime(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, _UTC)
 
@@ -324,14 +328,15 @@ class LocalCore:
         self,
         key: str,
         value: Any,
-        seconds: float | None,
+        expires: float | None,
         metadata: dict[str, Any] | None,
         now: float,
         dead: list[MemoryEntry[Any]],
-    ) -> None:
+    ) -> MemoryEntry[Any]:
+        """Put ``value`` at ``key`` expiring at ``expires`` (store time) and return the
+        new entry (``created_at`` kept from the entry it replaces)."""
         entries = self._entries
         old = self._lookup(key, now, dead)
-        expires = None if seconds is None else now + seconds
         if old is None:
             if self._lru and len(entries) >= self._max_entries:  # type: ignore[operator]
                 self._make_room(now, dead)
@@ -349,6 +354,7 @@ class LocalCore:
             heapq.heappush(self._heap, (expires, key))
         self._compact_if_needed()
         self._sets += 1
+        return entries[key]
 
     def _fetch(
         self, key: str, now: float, dead: list[MemoryEntry[Any]]
@@ -391,9 +397,32 @@ class LocalCore:
         dead: list[MemoryEntry[Any]] = []
         with self._exclusive:
             now = self.now()
-            self._store(key, value, seconds, checked, now, dead)
+            self._store(key, value, _deadline(now, seconds), checked, now, dead)
             self._purge(now, PURGE_BUDGET, dead)
             self._ops[_SET] += 1
+
+    def put(
+        self,
+        key: str,
+        value: Any,
+        metadata: dict[str, Any] | None,
+        created: float,
+        updated: float,
+        expires: float | None,
+    ) -> None:
+        """Store a copy of an entry kept elsewhere, with its timestamps (store-time UNIX
+        seconds; ``expires`` ``None``: never), as ``set`` stores one: a use for LRU, the
+        least recently used out when full, gone at ``expires``. For a near cache, which
+        holds what the server sent: only the key is checked; ``metadata`` must be a dict
+        or ``None``."""
+        key = check_key(key)
+        dead: list[MemoryEntry[Any]] = []
+        with self._exclusive:
+            now = self.now()
+            entry = self._store(key, value, expires, metadata or None, now, dead)
+            entry._created = created
+            entry._updated = updated
+            self._purge(now, PURGE_BUDGET, dead)
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; ``True`` when a live entry was removed."""
@@ -433,7 +462,7 @@ class LocalCore:
             now = self.now()
             for key, value in pairs:
                 copy = None if checked is None else dict(checked)
-                self._store(key, value, seconds, copy, now, dead)
+                self._store(key, value, _deadline(now, seconds), copy, now, dead)
             self._purge(now, PURGE_BUDGET * max(1, len(pairs)), dead)
             self._ops[_SET_MANY] += 1
 
@@ -577,7 +606,7 @@ class LocalCore:
             now = self.now()
             if self._lookup(key, now, dead) is not None:
                 return False
-            self._store(key, value, seconds, checked, now, dead)
+            self._store(key, value, _deadline(now, seconds), checked, now, dead)
             self._purge(now, PURGE_BUDGET, dead)
             return True
 

@@ -39,10 +39,12 @@ from memkv.redis.transport import Connection, ReplyError
 from memkv.store import NearCacheStats
 from memkv.validation import check_max_entries
 
-__all__ = ["MISS", "NearCache", "ReadToken"]
+__all__ = ["ABSENT", "MISS", "NearCache", "ReadToken"]
 
 #: What ``lookup`` returns when the cache holds nothing for the key: ask the server.
 MISS: Any = object()
+#: The value of a known absence in the core (no value of the store is this object).
+ABSENT: Any = object()
 #: Seconds between two PINGs on each tracked connection.
 DEFAULT_HEALTH_INTERVAL = 1.0
 
@@ -116,7 +118,7 @@ class NearCache:
             self.misses += 1
             return MISS
         self.hits += 1
-        return found.value
+        return None if found.value is ABSENT else found
 
     def start_read(self, keys: Sequence[str]) -> ReadToken:
         """Register reads of ``keys`` about to be sent; call before the command is queued.
@@ -153,13 +155,15 @@ class NearCache:
 
     def _fill(self, key: str, entry: MemoryEntry[Any] | None, now: float) -> None:
         if entry is None:
-            self.core.set(key, None)
+            self.core.set(key, ABSENT)
             return
         expires = entry._expires
-        if expires is None:
-            self.core.set(key, entry)
-        elif expires > now:
-            self.core.set(key, entry, expires - now)
+        if expires is None or expires > now:
+            # The core's own entry carries the server's value, metadata and timestamps:
+            # one object per copy, as in a LocalMemoryStore.
+            self.core.put(
+                key, entry.value, entry._metadata, entry._created, entry._updated, expires
+            )
 
     # -- invalidation -------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from memkv.redis.commands import ClusterCommands, Commands, NodeCommands, RedisC
 from memkv.redis.envelope import ENVELOPE_MAGIC, decode_entry, encode_entry, ttl_milliseconds
 from memkv.redis.errors import FAILURES, FOREIGN_TYPE_MESSAGE, retryable, translate
 from memkv.redis.lease import LEASE_PREFIX, RELEASE, RENEW, TOUCH
-from memkv.redis.near_cache import MISS, NearCache
+from memkv.redis.near_cache import ABSENT, MISS, NearCache
 from memkv.redis.retry import RetryPolicy
 from memkv.singleflight import Fill
 from memkv.store import TTL, BaseMemoryStore, StoreStats, operation_counts
@@ -373,12 +373,11 @@ class RedisMemoryStore(BaseMemoryStore[T]):
                 return await self._get(key)  # not a str: raised and counted there
             if copy is not None:
                 near.hits += 1
-                entry: MemoryEntry[T] | None = copy.value
-                if entry is None:
+                if copy.value is ABSENT:
                     self._near_get_misses += 1
-                else:
-                    self._near_get_hits += 1
-                return entry
+                    return None
+                self._near_get_hits += 1
+                return copy
             near.misses += 1
         return await self._get(key)
 
