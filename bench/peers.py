@@ -40,11 +40,7 @@ def memkv_store(core: str) -> Callable[[], tuple[Get, Set]]:
     def make() -> tuple[Get, Set]:
         from memkv import LocalMemoryStore
 
-        store: Any = LocalMemoryStore()
-        if core == "python":
-            from memkv import _core_py
-
-            store = type("Store", (LocalMemoryStore,), {"_core_type": _core_py.LocalCore})()
+        store: Any = LocalMemoryStore(core=core)
 
         async def set_(key: str, value: Any) -> None:
             await store.set(key, value, TTL)

@@ -8,11 +8,17 @@ asserts the floors. The table of figures is printed at the end of the session.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
+import json
+import os
 import random
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +36,6 @@ from bench.conftest import (
     timed,
 )
 from memkv import LocalMemoryStore
-from memkv import _core as chosen_core
 from memkv import _core_py as core_py
 
 try:
@@ -54,10 +59,12 @@ def shuffled(keys: list[str], seed: int = 1) -> list[str]:
     return copy
 
 
-def store_on(core: Any, keys: list[str] | None = None) -> LocalMemoryStore[Any]:
-    """A store on ``core``, holding each of ``keys`` (value 1, with ``TTL``)."""
-    store_type = type("Store", (LocalMemoryStore,), {"_core_type": core.LocalCore})
-    store: LocalMemoryStore[Any] = store_type()
+def store_on(core: str | None, keys: list[str] | None = None) -> LocalMemoryStore[Any]:
+    """A store on ``core`` (a name; ``None``: the one in use), holding each of ``keys``
+    (value 1, with ``TTL``); skips on a Cython core that is not built."""
+    if core == "cython":
+        cython_core()
+    store: LocalMemoryStore[Any] = LocalMemoryStore(core=core)
     if keys:
         store._core.set_many([(k, 1) for k in keys], TTL)
     return store
@@ -75,10 +82,6 @@ def cython_core() -> Any:
     if core_c is None:
         pytest.skip("the Cython core is not built")
     return core_c
-
-
-def named_core(name: str) -> Any:
-    return core_py if name == "python" else cython_core()
 
 
 #: The goals apply to the Cython core; the pure-Python core's ratio is its baseline.
@@ -105,11 +108,10 @@ def awaited_gets(
 def test_get_hit_vs_bare_async_dict(
     benchmark: Any, loop: asyncio.AbstractEventLoop, core_name: str
 ) -> None:
-    core = named_core(core_name)
     keys = make_keys(KEYS)
     order = shuffled(keys)
     plain = dict.fromkeys(keys, 1)
-    store = store_on(core, keys)
+    store = store_on(core_name, keys)
 
     async def bare_get(key: str) -> Any:
         return plain.get(key)
@@ -140,11 +142,10 @@ def test_get_hit_vs_bare_async_dict(
 def test_set_ttl_existing_vs_bare_async_dict(
     benchmark: Any, loop: asyncio.AbstractEventLoop, core_name: str
 ) -> None:
-    core = named_core(core_name)
     keys = make_keys(KEYS)
     order = shuffled(keys)
     plain = dict.fromkeys(keys, 1)
-    store = store_on(core, keys)
+    store = store_on(core_name, keys)
 
     async def bare_set(key: str, value: Any) -> None:
         plain[key] = value
@@ -178,9 +179,8 @@ def test_set_ttl_existing_vs_bare_async_dict(
 @pytest.fixture(scope="module")
 def large_store() -> tuple[Any, dict[str, int]]:
     """A Cython-core store and a dict, each holding ``LARGE`` keys (with a TTL)."""
-    core = cython_core()
     keys = make_keys(LARGE)
-    store = store_on(core, keys)
+    store = store_on("cython", keys)
     return store, dict.fromkeys(keys, 1)
 
 
@@ -188,7 +188,7 @@ def test_new_key_set_with_ttl_into_a_large_store(
     benchmark: Any, loop: asyncio.AbstractEventLoop
 ) -> None:
     keys = make_keys(LARGE)
-    store = store_on(cython_core(), keys)
+    store = store_on("cython", keys)
     plain = dict.fromkeys(keys, 1)
     batch = KEYS // 2
     rounds = iter(range(1, 100))
@@ -275,10 +275,9 @@ def test_scan_prefix_of_100_in_a_large_store(
 
 
 def test_get_many_of_100_keys(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
-    core = cython_core()
     keys = make_keys(KEYS)
     plain = dict.fromkeys(keys, 1)
-    store = store_on(core, keys)
+    store = store_on("cython", keys)
     batches = [shuffled(keys, seed)[:100] for seed in range(50)]
     repeats = 20
 
@@ -330,7 +329,7 @@ def test_get_with_exporters_registered_vs_without(
 
     keys = make_keys(KEYS)
     order = shuffled(keys)
-    exported, bare = store_on(chosen_core, keys), store_on(chosen_core, keys)
+    exported, bare = store_on(None, keys), store_on(None, keys)
     registry = CollectorRegistry()
     registry.register(StoreCollector({"exported": exported}))
     reader = InMemoryMetricReader()
@@ -370,10 +369,9 @@ def test_get_with_latency_histograms_vs_without(
     benchmark: Any, loop: asyncio.AbstractEventLoop, core_name: str
 ) -> None:
     """What ``record_latency()`` costs a local ``get`` (it is opt-in for this reason)."""
-    core = named_core(core_name)
     keys = make_keys(KEYS)
     order = shuffled(keys)
-    timed, plain = store_on(core, keys), store_on(core, keys)
+    timed, plain = store_on(core_name, keys), store_on(core_name, keys)
     timed.record_latency()
 
     def gets(store: LocalMemoryStore[Any]) -> Callable[[], Any]:
@@ -491,6 +489,79 @@ def test_memory_of_a_large_store_vs_a_plain_dict(benchmark: Any) -> None:
     )
     assert len(kept_store) == len(kept_plain)
     benchmark.extra_info["ratio_vs_dict"] = ratio
+    benchmark.pedantic(lambda: None, rounds=1)
+
+
+#: Write paths measured by resident memory: (writer, entries per call; 0 = all in one).
+WRITE_PATHS = [
+    ("set", 1),
+    ("set_many_dict", 1000),
+    ("set_many_dict", 0),
+    ("set_many_pairs", 1000),
+    ("set_many_pairs", 0),
+]
+
+
+@functools.cache
+def probe(store: str, writer: str, count: int, batch: int, method: str) -> int:
+    """Bytes a fresh interpreter grows by writing ``count`` entries (``bench.memory_probe``).
+
+    Cached: the dict baselines serve every figure of the session.
+    """
+    root = Path(__file__).resolve().parent.parent
+    path = os.pathsep.join([str(root), *sys.path])
+    arguments = [store, writer, str(count), str(batch), method]
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.memory_probe", *arguments],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": path},
+        check=True,
+    )
+    grown: int = json.loads(result.stdout)["bytes"]
+    return grown
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+@BOTH_CORES
+@pytest.mark.parametrize(("writer", "batch"), WRITE_PATHS)
+def test_resident_memory_of_a_large_store_vs_a_plain_dict(
+    benchmark: Any, core_name: str, writer: str, batch: int
+) -> None:
+    """RSS growth of ``LARGE`` entries with TTL, each measurement in a fresh process.
+
+    Two baselines: a dict filled one key at a time (the plain dict), and a dict filled
+    the way the store is (``d.update`` with the same inputs), which pays the same for
+    the caller's temporaries (a list of a million pairs leaves holes among the strings
+    it was built with, once it is dropped).
+    """
+    if core_name == "cython":
+        cython_core()
+    elif GATE:
+        pytest.skip("gate mode: the pure-Python core's memory is a reference, not a floor")
+    count = LARGE
+    per_call = batch or count
+    plain = probe("dict", "set", count, 1, "rss")
+    same_way = plain if writer == "set" else probe("dict", writer, count, per_call, "rss")
+    resident = probe(core_name, writer, count, per_call, "rss")
+    traced = probe(core_name, writer, count, per_call, "traced")
+    traced_plain = probe("dict", "set", count, 1, "traced")
+    ratio = resident / same_way
+    calls = "one call" if writer == "set" or not batch else f"{batch} per call"
+    record(
+        Figure(
+            f"resident memory, {count:,} entries with TTL, {writer} ({calls}), {core_name} core",
+            f"{resident / count:.0f} B/entry RSS ({traced / count:.0f} traced)",
+            f"dict written the same way {same_way / count:.0f} B/entry; plain dict "
+            f"{plain / count:.0f} ({traced_plain / count:.0f} traced)",
+            f"{ratio:.2f}x ({resident / plain:.2f}x plain, {traced / traced_plain:.2f}x traced)",
+            "<= 2.0x" if core_name == "cython" else "reference",
+            ratio <= 2.0 if core_name == "cython" else None,
+        )
+    )
+    benchmark.extra_info["ratio_vs_dict_written_the_same_way"] = ratio
+    benchmark.extra_info["ratio_vs_plain_dict"] = resident / plain
     benchmark.pedantic(lambda: None, rounds=1)
 
 

@@ -5,6 +5,7 @@ Fixtures live in ``conftest.py``; this module holds what tests import by name.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections.abc import Awaitable, Callable
@@ -40,10 +41,20 @@ def core_module(name: str) -> Any:
     return importlib.import_module("memkv._core_c")
 
 
+@functools.cache
 def local_store_type(core: str) -> type[LocalMemoryStore[Any]]:
-    """A ``LocalMemoryStore`` subclass running on the named core."""
-    module = core_module(core)
-    return type(f"LocalMemoryStore_{core}", (LocalMemoryStore,), {"_core_type": module.LocalCore})
+    """``LocalMemoryStore`` on the named core (``core=`` bound); skips cython without
+    extensions. A class, so that tests may subclass it."""
+    core_module(core)
+
+    class OnCore(LocalMemoryStore[Any]):
+        def __init__(
+            self, max_entries: int | None = None, *, clock: Callable[[], float] | None = None
+        ) -> None:
+            super().__init__(max_entries, clock=clock, core=core)
+
+    OnCore.__name__ = OnCore.__qualname__ = f"LocalMemoryStore_{core}"
+    return OnCore
 
 
 @dataclass

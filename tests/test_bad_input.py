@@ -229,7 +229,7 @@ MODULE_FUNCTIONS: dict[ModuleType, dict[str, dict[str, Arg] | str]] = {
         "parse_url": {"url": given("memory://")},
         "parse_redis_url": {"url": given("redis://127.0.0.1:1/0")},
         "mask_credentials": {"text": given("text")},
-        "MemoryURL": {"max_entries": given(None)},
+        "MemoryURL": {"max_entries": given(None), "core": given(None)},
         "RedisURL": {
             "scheme": given("redis"),
             "host": given("127.0.0.1"),

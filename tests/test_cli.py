@@ -20,8 +20,8 @@ from click.testing import CliRunner, Result
 
 from memkv import IMPLEMENTATION, LocalMemoryStore, MemoryEntry, open_store
 from memkv.benchmark import (
-    BASELINE_OPERATIONS,
-    OPERATIONS,
+    BASELINE_WORKLOAD,
+    WORKLOAD,
     baseline_calls,
     planned_calls,
     run_baseline,
@@ -181,19 +181,18 @@ def test_progress_matches_the_planned_calls() -> None:
     store: LocalMemoryStore[Any] = LocalMemoryStore()
     asyncio.run(run_store_benchmark("local", store, keys=300, calls=500, progress=progress))
     assert sum(reported) == planned_calls(500)
-    assert list(dict.fromkeys(names)) == [operation.name for operation in OPERATIONS]
+    assert list(dict.fromkeys(names)) == [operation.name for operation in WORKLOAD]
     assert len(store) == 0  # the run removes what it wrote
     reported.clear()
     asyncio.run(run_baseline(keys=300, calls=500, progress=lambda _, done: reported.append(done)))
     assert sum(reported) == baseline_calls(500)
-    assert len(BASELINE_OPERATIONS) == 5
+    assert len(BASELINE_WORKLOAD) == 5
     reported.clear()
     names.clear()
-    asyncio.run(
-        run_store_benchmark(
-            "local", store, keys=300, calls=500, progress=progress, concurrent=True
-        )
+    run = run_store_benchmark(
+        "local", store, keys=300, calls=500, progress=progress, concurrent=True
     )
+    asyncio.run(run)
     assert sum(reported) == planned_calls(500, concurrent=True)
     assert names[-2:] == ["mixed_50_tasks", "mixed_200_tasks"]
 

@@ -115,8 +115,8 @@ def run_threads(core: Any, cycles: bool) -> None:
     assert errors == []
     gc.collect()
     core._check()
-    gets, hits, misses, *_ = core.counters()
-    assert gets == hits + misses
+    counters = core.counters()
+    assert counters.gets == counters.hits + counters.misses
 
 
 @pytest.mark.usefixtures("fast_switching")

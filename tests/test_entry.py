@@ -68,3 +68,34 @@ def test_equality_and_repr(entry_type: Any) -> None:
     assert "value='v'" in repr(entry)
     with pytest.raises(TypeError):
         hash(entry)
+
+
+async def test_entries_of_either_core_are_memkv_memory_entries(core: str) -> None:
+    module = core_module(core)
+    store = memkv.LocalMemoryStore[str](core=core)
+    await store.set("k", "v")
+    for entry in (
+        await store.get("k"),
+        (await store.get_many(["k"]))[0],
+        module.MemoryEntry("k", "v"),
+        module.make_entry("k", "v", None, 1.0, 1.0, None),
+    ):
+        assert type(entry) is module.MemoryEntry
+        assert isinstance(entry, memkv.MemoryEntry)
+    assert issubclass(module.MemoryEntry, memkv.MemoryEntry)
+
+
+def test_memory_entry_builds_an_entry_of_the_core_in_use() -> None:
+    when = datetime(2030, 1, 2, tzinfo=timezone.utc)
+    entry = memkv.MemoryEntry("k", [1], expires_at=when, metadata={"a": 1})
+    assert type(entry) is core_module(memkv.IMPLEMENTATION).MemoryEntry
+    assert (entry.key, entry.value, entry.expires_at, entry.metadata) == ("k", [1], when, {"a": 1})
+    assert entry.created_at == entry.updated_at
+    assert memkv.MemoryEntry[str]("k", "v").value == "v"
+    with pytest.raises(InvalidKeyError):
+        memkv.MemoryEntry(1, "v")  # type: ignore[arg-type]
+
+
+def test_other_objects_are_not_memory_entries() -> None:
+    assert not isinstance({"key": "k", "value": "v"}, memkv.MemoryEntry)
+    assert not isinstance(None, memkv.MemoryEntry)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import weakref
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from memkv import LocalMemoryStore
+import memkv
+from memkv import LocalMemoryStore, open_store
 from memkv.errors import InvalidArgumentError, MemKVError
+from memkv.store import StoreStats
 from tests.helpers import FakeClock, StoreHarness, core_module, local_store_type
 
 
@@ -243,3 +248,129 @@ def test_core_init_runs_only_once(core: str) -> None:
         store.__init__(max_entries=1)
     store.set("b", 2)
     store._check()
+
+
+# -- choosing the core --------------------------------------------------------------------
+
+
+def test_core_argument_runs_the_store_on_the_named_core(core: str) -> None:
+    engine = core_module(core).LocalCore
+    store = LocalMemoryStore[int](core=core)
+    assert store.core == core
+    assert type(store._core) is engine
+    if memkv.IMPLEMENTATION == "cython":
+        # Both cores in one process, each store on its own.
+        other = "python" if core == "cython" else "cython"
+        assert LocalMemoryStore[int](core=other).core == other
+
+
+def test_core_none_is_the_implementation_in_use() -> None:
+    assert LocalMemoryStore().core == memkv.IMPLEMENTATION
+    assert LocalMemoryStore(core=None).core == memkv.IMPLEMENTATION
+
+
+@pytest.mark.parametrize("bad", ["pypy", "Cython", "", 1, b"python"])
+def test_core_argument_refuses_an_unknown_core(bad: Any) -> None:
+    with pytest.raises(InvalidArgumentError, match="core must be"):
+        LocalMemoryStore(core=bad)
+
+
+def test_cython_core_without_the_extension_is_a_typed_import_error() -> None:
+    # A fresh interpreter: MEMKV_NO_EXTENSIONS is read once, when memkv is imported.
+    script = (
+        "import memkv\n"
+        "from memkv.errors import ExtensionUnavailableError, MemKVError\n"
+        "try:\n"
+        "    memkv.LocalMemoryStore(core='cython')\n"
+        "except ExtensionUnavailableError as err:\n"
+        "    assert isinstance(err, ImportError) and isinstance(err, MemKVError)\n"
+        "    print(err)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MEMKV_NO_EXTENSIONS": "1"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Cython core is not in use" in result.stdout
+    assert "MEMKV_NO_EXTENSIONS" in result.stdout
+
+
+def test_memory_url_chooses_the_core(core: str) -> None:
+    core_module(core)
+    store = open_store(f"memory://?core={core}&max_entries=5")
+    assert isinstance(store, LocalMemoryStore)
+    assert (store.core, store.max_entries) == (core, 5)
+    with pytest.raises(InvalidArgumentError, match="'core': expected 'cython' or 'python'"):
+        open_store("memory://?core=fast")
+
+
+async def test_stats_read_the_core_counters_by_name(clock: FakeClock, core: str) -> None:
+    store = local_store_type(core)(max_entries=1, clock=clock)
+    await store.set("a", 1, ttl=5)
+    await store.get("a")
+    await store.exists("b")
+    await store.set("b", 2)  # evicts a
+    await store.delete("b")
+    stats = store.stats()
+    counters = store._core.counters()
+    assert counters._fields == StoreStats._fields[: len(counters)]
+    assert stats[: len(counters)] == tuple(counters)
+    assert (stats.gets, stats.hits, stats.sets, stats.deletes, stats.evictions) == (1, 1, 2, 1, 1)
+    assert stats.operations["exists", "miss"] == store._core.operations().exists_miss == 1
+    assert stats.operations["set", "ok"] == 2
+
+
+class Held:
+    """A value whose release a weak reference can observe."""
+
+
+@pytest.mark.parametrize(
+    ("items", "ttl", "metadata"),
+    [
+        (lambda v: [("a", v[0]), ("b", v[1]), (3, v[2])], None, None),
+        (lambda v: [("a", v[0]), ("b", v[1]), ("c",)], None, None),
+        (lambda v: {"a": v[0], "b": v[1], 3: v[2]}, None, None),
+        (lambda v: iter([("a", v[0]), ("b", v[1]), "c"]), None, None),
+        (lambda v: {"a": v[0], "b": v[1], "c": v[2]}, -1, None),
+        (lambda v: [("a", v[0]), ("b", v[1]), ("c", v[2])], 5, {1: "not a str key"}),
+    ],
+)
+async def test_refused_set_many_writes_nothing_and_keeps_nothing(
+    core: str, items: Any, ttl: Any, metadata: Any
+) -> None:
+    store = local_store_type(core)()
+    await store.set("kept", 1)
+    values = [Held(), Held(), Held()]
+    released = [weakref.ref(value) for value in values]
+    with pytest.raises(MemKVError):
+        await store.set_many(items(values), ttl, metadata)
+    del values
+    gc.collect()
+    assert [ref() for ref in released] == [None, None, None]
+    assert [key async for key in store.scan()] == ["kept"]
+    assert store.stats().operations["set_many", "error"] == 1
+    store._core._check()
+
+
+async def test_set_many_accepts_every_shape_of_input_alike(core: str) -> None:
+    class Pairs:
+        def __iter__(self) -> Any:
+            return iter([("g", 7), ("h", 8)])
+
+    store = local_store_type(core)()
+    await store.set_many({"a": 1, "b": 2})
+    await store.set_many([("c", 3), ("d", 4)], ttl=60, metadata={"m": 1})
+    await store.set_many((("e", 5),))
+    await store.set_many(iter([("f", 6)]))
+    await store.set_many(Pairs())
+    entries = await store.get_many(list("abcdefgh"))
+    assert [entry.value for entry in entries if entry is not None] == [1, 2, 3, 4, 5, 6, 7, 8]
+    c, d = entries[2:4]
+    assert c is not None
+    assert d is not None
+    assert c.metadata == d.metadata == {"m": 1}
+    assert c.metadata is not d.metadata  # each entry its own copy
+    store._core._check()

@@ -28,6 +28,7 @@ def test_every_error_has_the_root_and_a_builtin_parent() -> None:
         errors.AccessDeniedError: PermissionError,
         errors.BackendError: RuntimeError,
         errors.ReentrantCallError: RuntimeError,
+        errors.FrozenEntryError: AttributeError,
     }
     for error, builtin in expected.items():
         assert issubclass(error, errors.MemKVError)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
+import os
 import signal
 import struct
 import sys
@@ -203,6 +204,55 @@ async def test_a_url_store_carries_concurrent_operations_on_one_connection(
             await store.clear()
     finally:
         await admin.aclose()
+
+
+async def test_every_operation_works_on_a_resp2_server(tmp_path: Any, redis_binary: str) -> None:
+    from redis.asyncio import Redis
+
+    # No HELLO: the transport falls back to RESP2 (flat replies, no pushes, AUTH, SELECT).
+    server = RedisServer(
+        redis_binary,
+        tmp_path / "resp2",
+        password=_SECRET,
+        args=["--rename-command", "HELLO", ""],
+    )
+    server.start()
+    try:
+        url = f"redis://:{_SECRET}@127.0.0.1:{server.port}/2"
+        async with RedisMemoryStore(url, namespace="resp2") as store:
+            await store.set("a", {"n": 1}, ttl=60, metadata={"m": True})
+            await store.set_many({"b": 2, "c": 3})
+            entry = await store.get("a")
+            assert entry is not None
+            assert (entry.value, entry.metadata) == ({"n": 1}, {"m": True})
+            assert [e.value if e else None for e in await store.get_many(["a", "x", "c"])] == [
+                {"n": 1},
+                None,
+                3,
+            ]
+            assert await store.exists("b")
+            assert await store.add("d", 4) is True
+            assert await store.add("d", 5) is False
+            assert await store.touch("d", 30) is True
+            assert sorted([key async for key in store.scan()]) == ["a", "b", "c", "d"]
+            assert await store.delete("a") is True
+            assert await store.delete_many(["b", "x"]) == 1
+            assert await store.get_or_set("e", _five) == await store.get("e")
+            admin = Redis(port=server.port, password=_SECRET, db=2, protocol=2)
+            try:
+                await admin.hset(b"resp2:h", "f", "v")
+                with pytest.raises(CodecError, match="'h'"):
+                    await store.get_many(["c", "h"])
+                assert await store.clear() == 4  # c, d, e, h
+                assert await admin.dbsize() == 0  # db 2 was the store's, and is left empty
+            finally:
+                await admin.aclose()
+    finally:
+        server.stop()
+
+
+async def _five() -> int:
+    return 5
 
 
 async def test_unreachable_server_at_construction_fails_on_first_use_not_before() -> None:
@@ -822,6 +872,18 @@ async def test_rediss_url_uses_tls() -> None:
         assert "pw" not in repr(store)
 
 
+def test_a_certificate_file_that_cannot_be_read_is_refused_at_construction(
+    tmp_path: Any,
+) -> None:
+    missing = tmp_path / "private-ca-name.pem"
+    not_a_cert = tmp_path / "private-cert-name.pem"
+    not_a_cert.write_text("not a certificate")
+    for query in (f"ssl_ca_certs={missing}", f"ssl_cert_reqs=none&ssl_certfile={not_a_cert}"):
+        with pytest.raises(InvalidArgumentError, match="ssl_") as info:
+            RedisMemoryStore(f"rediss://127.0.0.1:6380/0?{query}")
+        assert "private-" not in _messages(info.value)
+
+
 async def test_an_existing_client_is_used_and_left_open(redis_url: str) -> None:
     from redis.asyncio import Redis
 
@@ -1132,3 +1194,35 @@ async def test_a_get_that_cannot_decode_counts_as_a_failed_call_only(redis_url: 
         assert (stats.gets, stats.hits, stats.misses) == (0, 0, 0)
         assert stats.operations[("get", "error")] == 1
         await writer.clear()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("kind", ["single", "cluster"])
+def test_a_forked_child_opens_its_own_connections_and_leaves_the_parents_alone(
+    redis_url: str, cluster_url: str, kind: str
+) -> None:
+    store: RedisMemoryStore[Any] = RedisMemoryStore(
+        redis_url if kind == "single" else cluster_url, namespace=unique_namespace()
+    )
+    with asyncio.Runner() as runner:
+        runner.run(store.set("parent", 1))
+        pid = os.fork()
+        if pid == 0:  # the child: a new loop, and the store moves to it
+            code = 1
+            try:
+
+                async def child() -> bool:
+                    await store.set("child", 2)
+                    entry = await store.get("parent")
+                    return entry is not None and entry.value == 1
+
+                code = 0 if asyncio.run(child()) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        # The parent's connection, its loop's registration included, still works.
+        entries = runner.run(store.get_many(["parent", "child"]))
+        assert [entry.value for entry in entries if entry] == [1, 2]
+        runner.run(store.clear())
+        runner.run(store.close())

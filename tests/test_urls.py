@@ -36,7 +36,7 @@ def test_memory_url_opens_a_local_store() -> None:
         ("nothing-here", "needs a scheme"),
         ("memory://?max_entries=abc", "'max_entries': expected an integer >= 1"),
         ("memory://?max_entries=0", "'max_entries'"),
-        ("memory://?size=3", "parameter #1 .* expected max_entries"),
+        ("memory://?size=3", "parameter #1 .* expected core, max_entries"),
         ("memory://somehost", "host"),
         ("redis://host:port/0", "port"),
         ("redis://host:99999/0", "port"),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from memkv._core import IMPLEMENTATION, MemoryEntry
+from memkv._core import IMPLEMENTATION
 from memkv.caching import cached
+from memkv.entry import MemoryEntry
 from memkv.local import LocalMemoryStore
 from memkv.manager import MemoryManager
 from memkv.store import BaseMemoryStore, MemoryStore, StoreStats

@@ -11,17 +11,17 @@ import os
 import platform
 from typing import TYPE_CHECKING
 
-__all__ = ["IMPLEMENTATION", "OPERATION_COUNTERS", "LocalCore", "MemoryEntry", "make_entry"]
+__all__ = ["IMPLEMENTATION", "LocalCore", "MemoryEntry", "make_entry"]
 
 IMPLEMENTATION: str
 
 if TYPE_CHECKING:
-    from memkv._core_py import OPERATION_COUNTERS, LocalCore, MemoryEntry, make_entry
+    from memkv._core_py import LocalCore, MemoryEntry, make_entry
 elif os.environ.get("MEMKV_NO_EXTENSIONS") or platform.python_implementation() != "CPython":
-    from memkv._core_py import OPERATION_COUNTERS, LocalCore, MemoryEntry, make_entry
+    from memkv._core_py import LocalCore, MemoryEntry, make_entry
 
     IMPLEMENTATION = "python"
 else:
-    from memkv._core_c import OPERATION_COUNTERS, LocalCore, MemoryEntry, make_entry
+    from memkv._core_c import LocalCore, MemoryEntry, make_entry
 
     IMPLEMENTATION = "cython"

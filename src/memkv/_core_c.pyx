@@ -9,10 +9,13 @@ through the entries, and the counters are C integers. An entry holding no contai
 hidden from the cyclic GC, and an overwrite reuses the old entry when nothing outside
 the store holds it.
 
-One intended difference from the reference: its lazy heap spends part of a write's
-purge budget on stale items, this heap has none, so an expired (already unreadable)
-entry may be dropped a few writes earlier. ``expired`` and the entries held can differ
-between two purges; everything a caller reads is the same.
+Both cores purge expired entries in the same order (deadline, then key) and count only
+live entries against a write's purge budget, so every answer and counter agrees,
+``purge_expired()``'s count and the entries held included.
+
+Python code can reach an entry while a store files it by pointer (in the heap and the
+LRU list): ``MemoryEntry`` therefore refuses a second ``__init__`` and any attribute
+write but ``value`` (``FrozenEntryError``), and its key survives the cyclic GC.
 
 Thread safety without a per-call lock: with the default clock, an operation never runs
 Python code between reading the clock and leaving its structures consistent, so the GIL
@@ -35,27 +38,35 @@ from cpython.pythread cimport (
     PyThread_release_lock,
     PyThread_type_lock,
 )
-from libc.math cimport INFINITY, NAN, isinf
+from libc.math cimport INFINITY, NAN, isfinite, isinf
 from libc.string cimport memmove
 
 import time
 from datetime import datetime, timezone
 from types import GenericAlias
 
-from memkv.errors import InvalidTTLError, ReentrantCallError
+from memkv._counters import CoreCounters, CoreOperations
+from memkv.entry import MemoryEntry as AnyCoreEntry
+from memkv.errors import (
+    FrozenEntryError,
+    InvalidArgumentError,
+    InvalidTTLError,
+    ReentrantCallError,
+)
 from memkv.validation import (
     MAX_TTL_SECONDS,
     check_clock,
-    check_items,
     check_key,
     check_keys,
     check_max_entries,
     check_metadata,
+    check_pair,
     check_prefix,
+    item_pairs,
     ttl_seconds,
 )
 
-__all__ = ["OPERATION_COUNTERS", "LocalCore", "MemoryEntry", "make_entry"]
+__all__ = ["LocalCore", "MemoryEntry", "make_entry"]
 
 
 cdef extern from "Python.h":
@@ -90,12 +101,6 @@ PURGE_BUDGET = 4
 #: Stale heap items the reference core allows beyond the live ones; this core's
 #: indexed heap never holds a stale item.
 HEAP_SLACK = 64
-#: What each item of ``LocalCore.operations()`` counts: (operation, result).
-OPERATION_COUNTERS = (
-    ("get", "hit"), ("get", "miss"), ("set", "ok"), ("delete", "hit"), ("delete", "miss"),
-    ("exists", "hit"), ("exists", "miss"), ("clear", "ok"),
-    ("get_many", "ok"), ("set_many", "ok"), ("delete_many", "ok"),
-)
 
 cdef enum:
     C_PURGE_BUDGET = 4
@@ -103,8 +108,7 @@ cdef enum:
     # memmove stays cheap, large enough that the index costs ~1.2 pointers per key.
     MAX_SUBLIST = 512
 
-# Call counters, in the order ``LocalCore.operations()`` reports them (the same as the
-# pure-Python core's ``OPERATION_COUNTERS``).
+# Call counters, in the order of ``CoreOperations``' fields.
 cdef enum:
     OP_GET_HIT
     OP_GET_MISS
@@ -201,14 +205,19 @@ cdef class MemoryEntry:
     ``created_at``, ``updated_at`` and ``expires_at`` are timezone-aware UTC datetimes,
     made on access from the C doubles the entry keeps. ``metadata`` is a dict, never
     ``None``. Entries returned by a store are snapshots: a later ``set`` of the same key
-    makes a new entry and leaves this one as it was.
+    makes a new entry and leaves this one as it was. Only ``value`` (and the contents of
+    the ``metadata`` dict) may change after the entry is made: a second ``__init__``, or
+    writing or deleting any other attribute, raises ``FrozenEntryError``, since a store
+    files the entry by its key and expiry.
 
     >>> entry = MemoryEntry("greeting", "hello", metadata={"lang": "en"})
     >>> entry.created_at == entry.updated_at
     True
     """
 
-    cdef object c_key
+    # Typed str: the cyclic GC's tp_clear leaves it alone, so an entry still filed in a
+    # store never loses its key (a str cannot be part of a reference cycle).
+    cdef str c_key
     cdef object c_value
     cdef object c_metadata
     cdef double c_created
@@ -222,15 +231,15 @@ cdef class MemoryEntry:
     cdef Py_ssize_t heap_pos
 
     def __init__(self, key, value, expires_at=None, metadata=None):
+        cdef double expires
+        if self.c_key is not None:
+            # A store holds its entries by pointer, filed under their key and expiry.
+            raise FrozenEntryError("a MemoryEntry is initialised once; make a new one")
         now = time.time()
-        self.c_key = check_key(key)
-        self.c_value = value
-        self.c_metadata = check_metadata(metadata)
-        self.c_created = now
-        self.c_updated = now
-        self.heap_pos = -1
+        key = check_key(key)
+        metadata = check_metadata(metadata)
         if expires_at is None:
-            self.c_expires = INFINITY
+            expires = INFINITY
         elif not isinstance(expires_at, datetime):
             raise InvalidTTLError(
                 f"expires_at must be a datetime or None, not {type(expires_at).__name__}"
@@ -238,7 +247,25 @@ cdef class MemoryEntry:
         elif expires_at.tzinfo is None or expires_at.utcoffset() is None:
             raise InvalidTTLError("expires_at must be timezone-aware")
         else:
-            self.c_expires = expires_at.timestamp()
+            expires = expires_at.timestamp()
+        self.heap_pos = -1
+        self.c_value = value
+        self.c_metadata = metadata
+        self.c_created = now
+        self.c_updated = now
+        self.c_expires = expires
+        self.c_key = key
+
+    def __setattr__(self, name, value):
+        if name != "value":
+            raise FrozenEntryError(
+                f"MemoryEntry.{name} cannot be set: only value may change after creation"
+            )
+        self.c_value = value
+        self.track()
+
+    def __delattr__(self, name):
+        raise FrozenEntryError(f"MemoryEntry.{name} cannot be deleted")
 
     def __class_getitem__(cls, item):
         return GenericAlias(cls, item)
@@ -260,13 +287,8 @@ cdef class MemoryEntry:
 
     @property
     def value(self):
-        """The stored value (held by reference)."""
+        """The stored value (held by reference; the one attribute that may be set)."""
         return self.c_value
-
-    @value.setter
-    def value(self, value):
-        self.c_value = value
-        self.track()
 
     @property
     def metadata(self):
@@ -345,6 +367,10 @@ cdef class MemoryEntry:
         )
 
 
+# A cdef class cannot subclass the abstract entry, so it is registered as one.
+AnyCoreEntry.register(MemoryEntry)
+
+
 cdef inline MemoryEntry new_entry(object key, object value, object metadata):
     cdef MemoryEntry entry = MemoryEntry.__new__(MemoryEntry)
     entry.heap_pos = -1
@@ -362,6 +388,66 @@ def make_entry(key, value, metadata, double created, double updated, expires):
     entry.c_updated = updated
     entry.c_expires = INFINITY if expires is None else <double>expires
     return entry
+
+
+# -- entries made ahead of a batch write ----------------------------------------------
+
+cdef struct Chain:
+    # Entries not yet stored, each holding one reference owned by the chain, linked
+    # through their ``lru_next`` (unused until an entry is stored). A batch of a million
+    # needs no list of a million pointers, nor pairs, to be freed after the write: such
+    # temporaries, freed among the long-lived entries, fragment the heap.
+    PyObject* head
+    PyObject* tail
+    Py_ssize_t size
+
+
+cdef inline void chain_init(Chain* chain) noexcept:
+    chain.head = NULL
+    chain.tail = NULL
+    chain.size = 0
+
+
+cdef inline void chain_add(Chain* chain, MemoryEntry entry) noexcept:
+    incref(<PyObject*>entry)
+    if chain.tail == NULL:
+        chain.head = <PyObject*>entry
+    else:
+        (<MemoryEntry>chain.tail).lru_next = <PyObject*>entry
+    chain.tail = <PyObject*>entry
+    chain.size += 1
+
+
+cdef void chain_release(Chain* chain) noexcept:
+    """Drop the entries left in ``chain``; may run Python code (their values' ``__del__``)."""
+    cdef PyObject* node = chain.head
+    cdef PyObject* following
+    chain.head = NULL
+    chain.tail = NULL
+    while node != NULL:
+        following = (<MemoryEntry>node).lru_next
+        (<MemoryEntry>node).lru_next = NULL
+        decref(node)
+        node = following
+
+
+cdef inline MemoryEntry checked_entry(object key, object value):
+    return new_entry(exact_key(key), value, None)
+
+
+cdef int make_entries(object items, Chain* made) except -1:
+    """An entry for every pair of ``set_many``'s ``items``, validated as ``check_items`` does."""
+    if type(items) is dict:
+        for key, value in (<dict>items).items():
+            chain_add(made, checked_entry(key, value))
+        return 0
+    for pair in item_pairs(items):
+        if type(pair) is tuple and len(<tuple>pair) == 2:
+            chain_add(made, checked_entry((<tuple>pair)[0], (<tuple>pair)[1]))
+        else:
+            key, value = check_pair(pair)
+            chain_add(made, checked_entry(key, value))
+    return 0
 
 
 # -- KeyIndex -----------------------------------------------------------------------
@@ -394,13 +480,28 @@ cdef inline Py_ssize_t sublist_bisect_right(SubList* sub, PyObject* key) noexcep
     return lo
 
 
+cdef inline Py_ssize_t sublist_growth(Py_ssize_t capacity) noexcept:
+    """The next capacity of a full sublist: doubling while small, then by half, at most
+    ``MAX_SUBLIST`` (it splits on reaching that size)."""
+    if capacity == 0:
+        return 16
+    capacity = 2 * capacity if capacity < 128 else capacity + (capacity >> 1)
+    return MAX_SUBLIST if capacity > MAX_SUBLIST else capacity
+
+
+cdef inline Py_ssize_t split_capacity(Py_ssize_t size) noexcept:
+    """The capacity of a sublist of ``size`` keys made by a split: an eighth to spare."""
+    return size + (size >> 3)
+
+
 @cython.final
 cdef class KeyIndex:
     """The keys in code-point order: a list of sorted C arrays (sortedcontainers' shape).
 
     ``maxes[i]`` is the last key of ``lists[i]``, so finding a key is two bisections,
-    O(log n); inserting or removing one moves at most ``MAX_SUBLIST`` pointers. Holds a
-    reference to each key.
+    O(log n); inserting or removing one moves at most ``MAX_SUBLIST`` key pointers,
+    plus the sublist records after it (O(n / MAX_SUBLIST)) when its sublist splits or
+    empties. Holds a reference to each key.
     """
 
     cdef SubList* lists
@@ -492,7 +593,7 @@ cdef class KeyIndex:
                 i -= 1
         sub = &self.lists[i]
         if sub.size == sub.capacity:
-            capacity = 2 * sub.capacity if sub.capacity else 16
+            capacity = sublist_growth(sub.capacity)
             keys = <PyObject**>PyMem_Realloc(sub.keys, capacity * sizeof(PyObject*))
             if keys == NULL:
                 raise MemoryError()
@@ -522,7 +623,7 @@ cdef class KeyIndex:
         lower = &self.lists[i]
         half = lower.size >> 1
         count = lower.size - half
-        keys = <PyObject**>PyMem_Malloc(MAX_SUBLIST * sizeof(PyObject*))
+        keys = <PyObject**>PyMem_Malloc(split_capacity(count) * sizeof(PyObject*))
         if keys == NULL:
             self.remove_list(i + 1)
             return
@@ -530,8 +631,14 @@ cdef class KeyIndex:
         memmove(keys, &lower.keys[half], count * sizeof(PyObject*))
         upper.keys = keys
         upper.size = count
-        upper.capacity = MAX_SUBLIST
+        upper.capacity = split_capacity(count)
         lower.size = half
+        # Keys written in order never land in the lower half again: give back the room
+        # it no longer needs (if shrinking fails, it keeps that room).
+        keys = <PyObject**>PyMem_Realloc(lower.keys, split_capacity(half) * sizeof(PyObject*))
+        if keys != NULL:
+            lower.keys = keys
+            lower.capacity = split_capacity(half)
         self.maxes[i] = lower.keys[half - 1]
         self.maxes[i + 1] = upper.keys[count - 1]
 
@@ -590,6 +697,19 @@ cdef struct Deadline:
     PyObject* entry
 
 
+cdef inline bint earlier(Deadline a, Deadline b) noexcept:
+    """Heap order: by deadline, then by key, as the reference core's (deadline, key).
+
+    Entries due at the same time (a ``set_many`` with a TTL) are then purged in the
+    same order by both cores, so a bounded purge drops the same ones.
+    """
+    if a.when != b.when:
+        return a.when < b.when
+    return memkv_key_cmp(
+        <PyObject*>(<MemoryEntry>a.entry).c_key, <PyObject*>(<MemoryEntry>b.entry).c_key
+    ) < 0
+
+
 @cython.final
 cdef class ExpiryQueue:
     """A binary min-heap of expiring entries, indexed: each entry knows its position.
@@ -636,7 +756,7 @@ cdef class ExpiryQueue:
         cdef Py_ssize_t parent
         while pos > 0:
             parent = (pos - 1) >> 1
-            if not item.when < self.items[parent].when:
+            if not earlier(item, self.items[parent]):
                 break
             self.place(pos, self.items[parent])
             pos = parent
@@ -650,9 +770,9 @@ cdef class ExpiryQueue:
             child = 2 * pos + 1
             if child >= size:
                 break
-            if child + 1 < size and self.items[child + 1].when < self.items[child].when:
+            if child + 1 < size and earlier(self.items[child + 1], self.items[child]):
                 child += 1
-            if not self.items[child].when < item.when:
+            if not earlier(self.items[child], item):
                 break
             self.place(pos, self.items[child])
             pos = child
@@ -681,12 +801,15 @@ cdef class ExpiryQueue:
         """The entry at the top if it has expired at ``now``, else ``None``.
 
         Raises deadlines kept as lower bounds to the true ones on the way, so every
-        expired entry surfaces, earliest first.
+        expired entry surfaces in (deadline, key) order, as the reference core purges
+        them: an entry whose item still holds a lower bound is not returned before the
+        bound is raised, even when it has expired, since another expired entry may be
+        due before it.
         """
         cdef MemoryEntry entry
         while self.size and self.items[0].when <= now:
             entry = <MemoryEntry>self.items[0].entry
-            if entry.c_expires <= now:
+            if entry.c_expires == self.items[0].when:
                 return entry
             self.items[0].when = entry.c_expires
             self.sift_down(0)
@@ -694,14 +817,14 @@ cdef class ExpiryQueue:
 
     cdef void remove(self, MemoryEntry entry) noexcept:
         cdef Py_ssize_t pos = entry.heap_pos
-        cdef double removed
+        cdef Deadline removed
         entry.heap_pos = -1
         self.size -= 1
         if pos == self.size:
             return
-        removed = self.items[pos].when
+        removed = self.items[pos]
         self.place(pos, self.items[self.size])
-        if self.items[pos].when < removed:
+        if earlier(self.items[pos], removed):
             self.sift_up(pos)
         else:
             self.sift_down(pos)
@@ -724,7 +847,7 @@ cdef class ExpiryQueue:
             assert entry.heap_pos == i, "heap position not recorded"
             assert self.items[i].when <= entry.c_expires, "heap deadline above the entry's"
             if i:
-                assert self.items[(i - 1) >> 1].when <= self.items[i].when, "heap order broken"
+                assert not earlier(self.items[i], self.items[(i - 1) >> 1]), "heap order broken"
 
 
 # -- LocalCore ----------------------------------------------------------------------
@@ -737,11 +860,18 @@ cdef inline bint is_expired(MemoryEntry entry, double now) noexcept:
 cdef class LocalCore:
     """The synchronous engine behind ``LocalMemoryStore``.
 
-    Complexities (n entries, k keys returned): ``get``/``exists``/``delete`` O(1) plus
-    O(log n) when a key is added or removed from the sorted index; ``set`` O(log n);
-    ``scan_batch`` O(log n + k); ``clear(prefix)`` O(k log n). Expired entries are
-    removed lazily when read, a few at a time on each write (``PURGE_BUDGET``) and all
-    at once by ``purge_expired``.
+    Complexities, n entries held: ``get`` and ``exists`` O(1), or O(log n) when the
+    entry read has expired and is removed; ``delete`` O(log n); ``set`` of a new key
+    O(log n) (the key index and the heap), an overwrite O(1) (O(log n) when it
+    gains, loses or brings forward a deadline), plus up to ``PURGE_BUDGET`` expired
+    entries removed at O(log n) each; the ``_many`` forms the single form per key.
+    ``scan_batch`` O(log n + limit); ``clear(prefix)`` O(k log n) for k matching keys
+    (each leaves the index and the heap on its own); ``clear()`` O(n);
+    ``purge_expired`` O(k log n) for k expired entries, plus O(log n) for each
+    overwritten entry whose kept, earlier deadline has passed (see ``ExpiryQueue``).
+    On top, amortised: the key index moves O(n / MAX_SUBLIST) sublist records when a
+    sublist splits or empties. Expired entries are removed lazily when read, a few at
+    a time on each write (``PURGE_BUDGET``) and all at once by ``purge_expired``.
     """
 
     cdef dict entries
@@ -766,8 +896,10 @@ cdef class LocalCore:
         self.heap = ExpiryQueue()
 
     def __init__(self, max_entries=None, clock=None):
-        if self.clock is not None:
-            raise RuntimeError("LocalCore.__init__ may run only once")
+        if self.clock is not None or PyDict_GET_SIZE(<PyObject*>self.entries):
+            # A core made by __new__ works unbounded; turning on LRU for the entries it
+            # holds would leave them out of the LRU list.
+            raise RuntimeError("LocalCore.__init__ may run only once, before any entry")
         max_entries = check_max_entries(max_entries)
         clock = check_clock(clock)
         if clock is None:
@@ -799,7 +931,14 @@ cdef class LocalCore:
         """Current store time: UNIX seconds advanced by the injected clock."""
         if self.lock == NULL:
             return memkv_monotonic() + self.offset
-        return self.clock() + self.offset
+        return self.read_clock()
+
+    cdef double read_clock(self) except? -1.0:
+        cdef double now = self.clock() + self.offset
+        if not isfinite(now):
+            # NaN or an infinite deadline would break the expiry heap's order.
+            raise InvalidArgumentError("the clock returned a time that is not finite")
+        return now
 
     # -- the critical section: clock read plus update, atomic ----------------------
 
@@ -827,7 +966,7 @@ cdef class LocalCore:
                 PyThread_acquire_lock(self.lock, WAIT_LOCK)
         self.lock_owner = me
         try:
-            return self.clock() + self.offset
+            return self.read_clock()
         except BaseException:
             self.end()
             raise
@@ -948,9 +1087,14 @@ cdef class LocalCore:
         if old is None:
             if self.lru and PyDict_GET_SIZE(<PyObject*>self.entries) >= self.max_size:
                 self.make_room(now, dropped)
-            self.index.insert(key)
             entry.c_created = now
             PyDict_SetItem(<PyObject*>self.entries, key, <PyObject*>entry)
+            try:
+                self.index.insert(key)
+            except MemoryError:
+                # Out of memory: undo, so the index never holds a key the dict lacks.
+                PyDict_DelItem(<PyObject*>self.entries, key)
+                raise
             if self.lru:
                 self.lru_append(entry)
             if expiring:
@@ -1164,29 +1308,58 @@ cdef class LocalCore:
 
     def set_many(self, items, ttl=None, metadata=None):
         """Store every pair of ``items``; all are validated before any is written."""
-        pairs = check_items(items)
-        cdef object seconds_obj = ttl_seconds(ttl)
-        cdef double seconds = INFINITY if seconds_obj is None else seconds_obj
-        checked = check_metadata(metadata)
-        cdef list made = [
-            new_entry(key, value, None if checked is None else dict(checked))
-            for key, value in pairs
-        ]
-        for entry in made:
-            memkv_ready(<PyObject*>(<MemoryEntry>entry).c_key)
-        cdef Py_ssize_t budget = C_PURGE_BUDGET * max(1, len(made))
+        cdef Chain made
+        chain_init(&made)
+        cdef PyObject* node
+        cdef PyObject* current = NULL
+        cdef MemoryEntry entry
+        cdef double seconds
         cdef Dropped dropped
         dropped_init(&dropped)
-        cdef double now = self.begin()
         try:
-            for entry in made:
-                (<MemoryEntry>entry).c_expires = now + seconds
-                self.store(<MemoryEntry>entry, now, &dropped)
+            make_entries(items, &made)
+            seconds_obj = ttl_seconds(ttl)
+            seconds = INFINITY if seconds_obj is None else seconds_obj
+            checked = check_metadata(metadata)
+            if checked is not None:
+                node = made.head
+                while node != NULL:
+                    entry = <MemoryEntry>node
+                    entry.c_metadata = dict(checked)
+                    entry.track()
+                    node = entry.lru_next
+        except BaseException:
+            chain_release(&made)
+            raise
+        cdef Py_ssize_t budget = C_PURGE_BUDGET * max(1, made.size)
+        cdef double now
+        try:
+            now = self.begin()
+        except BaseException:
+            chain_release(&made)
+            raise
+        try:
+            while made.head != NULL:
+                current = made.head
+                made.head = (<MemoryEntry>current).lru_next
+                (<MemoryEntry>current).lru_next = NULL
+                (<MemoryEntry>current).c_expires = now + seconds
+                self.store(<MemoryEntry>current, now, &dropped)
+                # The chain's reference: the store holds its own when it kept the entry
+                # (so no dealloc here); one merged into an old entry is released later.
+                if Py_REFCNT(current) > 1:
+                    decref(current)
+                else:
+                    dropped_add(&dropped, current)
+                current = NULL
             self.purge(now, budget, &dropped)
             self.ops[OP_SET_MANY] += 1
         finally:
             self.end()
+            if current != NULL:
+                dropped_add(&dropped, current)
             dropped_release(&dropped)
+            chain_release(&made)
 
     def delete_many(self, keys):
         """Remove ``keys``; returns how many live entries were removed."""
@@ -1317,7 +1490,11 @@ cdef class LocalCore:
         return removed
 
     def purge_expired(self):
-        """Remove every expired entry now; returns how many. O(k log n)."""
+        """Remove every expired entry now; returns how many.
+
+        O(k log n) for k expired entries, plus O(log n) for each overwritten entry whose
+        kept, earlier deadline has passed.
+        """
         cdef Dropped dropped
         dropped_init(&dropped)
         cdef double now = self.begin()
@@ -1331,8 +1508,8 @@ cdef class LocalCore:
         return len(self.entries)
 
     def counters(self):
-        """(gets, hits, misses, sets, deletes, expired, evictions, entries held)."""
-        return (
+        """What the core has done to entries, and how many it holds."""
+        return CoreCounters(
             self.gets,
             self.hits,
             self.misses,
@@ -1344,10 +1521,8 @@ cdef class LocalCore:
         )
 
     def operations(self):
-        """Calls by outcome: get hit/miss, set, delete hit/miss, exists hit/miss, clear,
-        get_many, set_many, delete_many (the order of ``OPERATION_COUNTERS``; scans are
-        counted by the store, when they end)."""
-        return tuple([self.ops[i] for i in range(N_OPS)])
+        """Calls by outcome (scans and failed calls are counted by the store)."""
+        return CoreOperations(*[self.ops[i] for i in range(N_OPS)])
 
     def _heap_size(self):
         """Items in the expiry heap: one per expiring entry, never a stale one."""

@@ -1,9 +1,9 @@
 """The workload behind ``memkv bench``: calls per second and latency per operation.
 
 Each store is preloaded with ``keys`` entries (each with a one-hour TTL), then every
-operation in ``OPERATIONS`` is timed twice over the same calls: once in a tight loop for
+operation in ``WORKLOAD`` is timed twice over the same calls: once in a tight loop for
 throughput, once call by call for the p50/p99 latency. With ``concurrent=True`` (the
-Redis store), ``CONCURRENT_OPERATIONS`` follow: 50 and then 200 tasks sharing the store,
+Redis store), ``CONCURRENT_WORKLOAD`` follow: 50 and then 200 tasks sharing the store,
 each doing 90 % ``get`` / 10 % ``set``, timed once (calls per second over the whole
 burst; each call's latency). ``bench_report`` turns the results into the documented
 ``--json`` document (``BenchReport``).
@@ -25,13 +25,13 @@ from memkv.store import MemoryStore
 
 __all__ = [
     "BASELINE",
-    "BASELINE_OPERATIONS",
-    "CONCURRENT_OPERATIONS",
+    "BASELINE_WORKLOAD",
+    "CONCURRENT_WORKLOAD",
     "LOCAL_CYTHON",
     "LOCAL_PYTHON",
-    "OPERATIONS",
     "REDIS",
     "SCHEMA_VERSION",
+    "WORKLOAD",
     "BenchReport",
     "BenchResult",
     "DictBaseline",
@@ -70,7 +70,7 @@ class Operation:
 
 
 #: Measured in this order on every store: reads first, so they see the preloaded state.
-OPERATIONS: tuple[Operation, ...] = (
+WORKLOAD: tuple[Operation, ...] = (
     Operation("get_hit", "get hit", 1),
     Operation("get_miss", "get miss", 1),
     Operation("exists", "exists", 1),
@@ -81,16 +81,16 @@ OPERATIONS: tuple[Operation, ...] = (
 )
 #: Many tasks sharing one store, 90 % get / 10 % set (``concurrent=True``): the figures
 #: where a coalescing transport shows (one write carries every task's commands).
-CONCURRENT_OPERATIONS: tuple[Operation, ...] = (
+CONCURRENT_WORKLOAD: tuple[Operation, ...] = (
     Operation("mixed_50_tasks", "50 tasks 90/10", 1),
     Operation("mixed_200_tasks", "200 tasks 90/10", 1),
 )
 #: Tasks per concurrent operation.
 _TASKS = {"mixed_50_tasks": 50, "mixed_200_tasks": 200}
 #: The operations a bare dict can do as well (no TTL, no ordered prefix scan).
-BASELINE_OPERATIONS: tuple[Operation, ...] = tuple(
+BASELINE_WORKLOAD: tuple[Operation, ...] = tuple(
     operation
-    for operation in OPERATIONS
+    for operation in WORKLOAD
     if operation.name in ("get_hit", "get_miss", "exists", "get_many", "set")
 )
 
@@ -149,7 +149,7 @@ class BenchReport(TypedDict):
     - ``redis``: a description of the Redis store benchmarked (never its password), or null;
     - ``results``: one ``ResultRow`` per (store, operation), stores in the order
       ``baseline``, ``local-cython``, ``local-python``, ``redis``, ``redis-near-cache``
-      (those that ran) and operations in ``OPERATIONS`` order;
+      (those that ran) and operations in ``WORKLOAD`` order;
     - ``speedup``: operation name → Cython core ``ops_per_second`` ÷ pure-Python core
       ``ops_per_second``; empty unless both local cores ran.
     """
@@ -196,13 +196,13 @@ def calls_for(operation: Operation, calls: int) -> int:
 def planned_calls(calls: int, *, concurrent: bool = False) -> int:
     """Calls ``run_store_benchmark(..., calls=calls, concurrent=concurrent)`` reports to
     ``progress`` in all."""
-    operations = OPERATIONS + (CONCURRENT_OPERATIONS if concurrent else ())
+    operations = WORKLOAD + (CONCURRENT_WORKLOAD if concurrent else ())
     return sum(calls_for(operation, calls) for operation in operations)
 
 
 def baseline_calls(calls: int) -> int:
     """Calls ``run_baseline(..., calls=calls)`` reports to ``progress`` in all."""
-    return sum(calls_for(operation, calls) for operation in BASELINE_OPERATIONS)
+    return sum(calls_for(operation, calls) for operation in BASELINE_WORKLOAD)
 
 
 @dataclass(frozen=True)
@@ -354,7 +354,7 @@ async def run_store_benchmark(
     concurrent: bool = False,
 ) -> list[BenchResult]:
     """Preload ``store`` with ``keys`` entries, then measure every operation of
-    ``OPERATIONS`` (and of ``CONCURRENT_OPERATIONS`` when ``concurrent``).
+    ``WORKLOAD`` (and of ``CONCURRENT_WORKLOAD`` when ``concurrent``).
 
     Single-key operations run ``calls`` times, batch ones ``calls // 100`` times (see
     ``calls_for``); the concurrent ones make ``calls`` calls across their tasks. Every
@@ -372,12 +372,12 @@ async def run_store_benchmark(
             await store.set_many(dict.fromkeys(chunk, work.value), ttl=ttl)
         calls_by_name = _store_calls(store, work, ttl)
         results = []
-        for operation in OPERATIONS:
+        for operation in WORKLOAD:
             call = calls_by_name[operation.name]
             count = calls_for(operation, calls)
             results.append(await _measure(store_name, operation, call, count, keys, progress))
             await asyncio.sleep(0)
-        for operation in CONCURRENT_OPERATIONS if concurrent else ():
+        for operation in CONCURRENT_WORKLOAD if concurrent else ():
             results.append(
                 await _measure_concurrent(store_name, store, work, operation, calls, progress)
             )
@@ -389,7 +389,7 @@ async def run_store_benchmark(
 async def run_baseline(
     *, keys: int, calls: int, progress: Progress = _no_progress
 ) -> list[BenchResult]:
-    """Measure ``BASELINE_OPERATIONS`` on a ``DictBaseline`` of ``keys`` entries."""
+    """Measure ``BASELINE_WORKLOAD`` on a ``DictBaseline`` of ``keys`` entries."""
     if keys < BATCH:
         raise ValueError(f"keys must be at least {BATCH}, got {keys}")
     baseline = DictBaseline()
@@ -405,7 +405,7 @@ async def run_baseline(
             keys,
             progress,
         )
-        for operation in BASELINE_OPERATIONS
+        for operation in BASELINE_WORKLOAD
     ]
 
 

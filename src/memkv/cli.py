@@ -27,17 +27,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from memkv import __version__, _core_py
-from memkv._core import IMPLEMENTATION, MemoryEntry
+from memkv import __version__
+from memkv._core import IMPLEMENTATION
 from memkv.benchmark import (
     BASELINE,
     BATCH,
-    CONCURRENT_OPERATIONS,
+    CONCURRENT_WORKLOAD,
     LOCAL_CYTHON,
     LOCAL_PYTHON,
-    OPERATIONS,
     REDIS,
     REDIS_NEAR_CACHE,
+    WORKLOAD,
     BenchReport,
     BenchResult,
     Operation,
@@ -47,6 +47,7 @@ from memkv.benchmark import (
     run_baseline,
     run_store_benchmark,
 )
+from memkv.entry import MemoryEntry
 from memkv.errors import MemKVError
 from memkv.local import LocalMemoryStore
 from memkv.store import MemoryStore
@@ -72,17 +73,11 @@ _STORE_LABELS = {
     REDIS: "redis",
     REDIS_NEAR_CACHE: "redis + near cache",
 }
-_LABELS = {operation.name: operation.label for operation in OPERATIONS + CONCURRENT_OPERATIONS}
+_LABELS = {operation.name: operation.label for operation in WORKLOAD + CONCURRENT_WORKLOAD}
 
 #: What a user can cause (bad URL, server down, missing extra, unreadable TLS file) and
 #: should see as one line; anything else is a bug and keeps its traceback.
 _USER_ERRORS = (MemKVError, ImportError, OSError, asyncio.TimeoutError, ValueError)
-
-
-class _PythonCoreStore(LocalMemoryStore[Any]):
-    """The local store on the pure-Python core, to compare the two cores in one run."""
-
-    _core_type = _core_py.LocalCore
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -174,9 +169,9 @@ def _local_stores(core: str) -> list[tuple[str, MemoryStore[Any]]]:
         click.echo("note: the Cython core is not in use; benchmarking the Python core", err=True)
     stores: list[tuple[str, MemoryStore[Any]]] = []
     if core in ("both", "cython") and IMPLEMENTATION == "cython":
-        stores.append((LOCAL_CYTHON, LocalMemoryStore()))
+        stores.append((LOCAL_CYTHON, LocalMemoryStore(core="cython")))
     if core in ("both", "python"):
-        stores.append((LOCAL_PYTHON, _PythonCoreStore()))
+        stores.append((LOCAL_PYTHON, LocalMemoryStore(core="python")))
     return stores
 
 

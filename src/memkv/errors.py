@@ -8,6 +8,8 @@ __all__ = [
     "BackendUnavailableError",
     "CodecError",
     "EventLoopError",
+    "ExtensionUnavailableError",
+    "FrozenEntryError",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
     "InvalidKeyError",
@@ -37,6 +39,15 @@ class StoreNotFoundError(MemKVError, ValueError):
     """A manager was asked for a store name it does not hold, or has no default."""
 
 
+class ExtensionUnavailableError(MemKVError, ImportError):
+    """The compiled (Cython) local core was asked for where it is not in use.
+
+    Raised by ``LocalMemoryStore(core="cython")`` (and ``memory://?core=cython``) when
+    ``memkv.IMPLEMENTATION`` is ``"python"``: ``MEMKV_NO_EXTENSIONS`` is set, or this is
+    not CPython.
+    """
+
+
 class InvalidTTLError(MemKVError, ValueError):
     """A TTL that is not a positive ``timedelta``, ``int`` or ``float``."""
 
@@ -47,6 +58,16 @@ class InvalidKeyError(MemKVError, TypeError):
 
 class InvalidMetadataError(MemKVError, TypeError):
     """Metadata that is not a mapping with ``str`` keys."""
+
+
+class FrozenEntryError(MemKVError, AttributeError):
+    """A change to a ``MemoryEntry`` that only its store may make.
+
+    Raised for a second call of ``__init__`` and for writing or deleting any attribute
+    but ``value`` (``key``, the timestamps, ``metadata``, ``__class__``, …): a store
+    files its entries by key and expiry, so those must not change under it. Like
+    ``dataclasses.FrozenInstanceError``, it is an ``AttributeError``.
+    """
 
 
 class CodecError(MemKVError, TypeError):

@@ -9,13 +9,19 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
-from memkv._core import OPERATION_COUNTERS, LocalCore, MemoryEntry
+from memkv import _core_py
+from memkv._core import IMPLEMENTATION, LocalCore
+from memkv.entry import MemoryEntry
+from memkv.errors import ExtensionUnavailableError, InvalidArgumentError
 from memkv.store import TTL, BaseMemoryStore, StoreStats, operation_counts
 from memkv.validation import check_batch_size, check_prefix
 
-__all__ = ["LocalMemoryStore"]
+__all__ = ["CORES", "LocalMemoryStore"]
 
 T = TypeVar("T")
+
+#: The values of ``LocalMemoryStore(core=...)``: the compiled core and its pure-Python twin.
+CORES = ("cython", "python")
 
 
 class LocalMemoryStore(BaseMemoryStore[T]):
@@ -25,11 +31,16 @@ class LocalMemoryStore(BaseMemoryStore[T]):
     entry goes first, else the least recently used one (``get``, ``get_many`` and
     ``set`` count as a use; ``exists`` and ``scan`` do not). ``clock`` is a
     zero-argument callable returning monotonic seconds, for tests that must not sleep.
+    ``core`` picks the engine: ``"cython"`` (compiled), ``"python"`` (its pure-Python
+    twin, same behaviour) or ``None`` for ``memkv.IMPLEMENTATION``. ``"cython"`` where
+    that core is not in use raises ``ExtensionUnavailableError`` (an ``ImportError``);
+    any other value raises ``InvalidArgumentError``.
 
     Expiry needs no timers and no running loop: an expired entry is dropped when read,
-    a few are purged on each write, and ``purge_expired()`` drops them all. Every
-    operation is O(1) or O(log n); ``scan(prefix)`` costs O(log n + matches) and
-    yields keys in code-point order.
+    a few are purged on each write, and ``purge_expired()`` drops them all. With n
+    entries, each key read or written costs O(1) or O(log n); ``scan(prefix)`` costs
+    O(log n + matches) and yields keys in code-point order; ``clear(prefix)`` and
+    ``purge_expired()`` cost O(log n) per entry removed, ``clear()`` O(n).
 
     >>> import asyncio
     >>> async def main() -> list[str]:
@@ -43,13 +54,14 @@ class LocalMemoryStore(BaseMemoryStore[T]):
     #: Its operations never wait: sync adapters run them in the caller, without a loop.
     runs_inline: ClassVar[bool] = True
 
-    #: The synchronous engine; the tests swap in the other core's twin through it.
-    _core_type: Callable[..., LocalCore] = LocalCore
-
     def __init__(
-        self, max_entries: int | None = None, *, clock: Callable[[], float] | None = None
+        self,
+        max_entries: int | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
+        core: str | None = None,
     ) -> None:
-        self._core = self._core_type(max_entries, clock)
+        self._core = _core_class(core)(max_entries, clock)
         self._counts: Counter[tuple[str, str]] = Counter()
         # Reentrant: a finalizer run by the cyclic GC inside the lock may fail a call too.
         self._counts_lock = threading.RLock()
@@ -58,6 +70,11 @@ class LocalMemoryStore(BaseMemoryStore[T]):
     def max_entries(self) -> int | None:
         """The bound given at construction, or ``None``."""
         return self._core.max_entries
+
+    @property
+    def core(self) -> str:
+        """The local core this store runs on: ``"cython"`` or ``"python"``."""
+        return "python" if type(self._core) is _core_py.LocalCore else "cython"
 
     # Each operation counts its failures here (rare, so a locked Counter will do); the
     # core counts the rest. A try block costs nothing until something raises.
@@ -177,13 +194,15 @@ class LocalMemoryStore(BaseMemoryStore[T]):
 
     def stats(self) -> StoreStats:
         core = self._core
-        counted = dict(zip(OPERATION_COUNTERS, core.operations(), strict=True))
+        counted = core.operations().by_outcome()
         fills = self._fill_state()
         with self._counts_lock:
             counted.update(self._counts)
         counted.update(fills.operations)
         return StoreStats(
-            *core.counters(), operations=operation_counts(counted), flights=fills.stats()
+            **core.counters()._asdict(),
+            operations=operation_counts(counted),
+            flights=fills.stats(),
         )
 
     def __repr__(self) -> str:
@@ -229,3 +248,17 @@ class LocalMemoryStore(BaseMemoryStore[T]):
     def _store_time(self) -> float:
         # The core's clock: an injected fake clock moves refresh_after's "now" too.
         return self._core.now()
+
+
+def _core_class(core: object) -> Callable[..., LocalCore]:
+    """The ``LocalCore`` class of the core named by ``LocalMemoryStore(core=...)``."""
+    if core is None or core == IMPLEMENTATION:
+        return LocalCore
+    if core == "python":
+        return _core_py.LocalCore
+    if core == "cython":
+        raise ExtensionUnavailableError(
+            "the Cython core is not in use here: MEMKV_NO_EXTENSIONS is set, or this is "
+            'not CPython (memkv.IMPLEMENTATION is "python")'
+        )
+    raise InvalidArgumentError(f"core must be 'cython', 'python' or None, got {core!r}")

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from memkv._core import MemoryEntry
+from memkv.entry import MemoryEntry
 from memkv.errors import InvalidArgumentError, InvalidArgumentTypeError, StoreNotFoundError
 from memkv.store import TTL, MemoryStore
 from memkv.urls import open_store

@@ -9,7 +9,8 @@ from datetime import timedelta
 from types import MappingProxyType, TracebackType
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
-from memkv._core import MemoryEntry, make_entry
+from memkv._core import make_entry
+from memkv.entry import MemoryEntry
 from memkv.latency import LatencyHistogram, LatencySnapshot, timed_call, timed_scan
 from memkv.singleflight import (
     Fill,

@@ -68,12 +68,16 @@ _DEFAULT_PORT = 6379
 
 @dataclass(frozen=True)
 class MemoryURL:
-    """A parsed ``memory://?max_entries=N`` URL: a new ``LocalMemoryStore``."""
+    """A parsed ``memory://?max_entries=N&core=python`` URL: a new ``LocalMemoryStore``
+    (``core``: ``"cython"``, ``"python"`` or ``None`` for ``memkv.IMPLEMENTATION``)."""
 
     max_entries: int | None = None
+    core: str | None = None
 
     def __post_init__(self) -> None:
         check_max_entries(self.max_entries)
+        if self.core not in (None, "cython", "python"):
+            raise InvalidArgumentError("MemoryURL.core must be 'cython', 'python' or None")
 
 
 @dataclass(frozen=True, repr=False)
@@ -179,7 +183,8 @@ StoreURL = MemoryURL | RedisURL
 def open_store(url: str | StoreURL) -> MemoryStore[Any]:
     """Open the store a URL (or the ``parse_url`` description of one) describes.
 
-    - ``memory://?max_entries=N`` — a ``LocalMemoryStore``;
+    - ``memory://?max_entries=N&core=python`` — a ``LocalMemoryStore`` (``core``:
+      ``cython`` or ``python``; the one in use when absent);
     - ``redis://[user:password@]host:port/db?namespace=NAME&codec=json``, ``rediss://…``
       (TLS), ``unix:///path/to/redis.sock?…`` and ``redis+cluster://host:port?…`` — a
       ``RedisMemoryStore`` (needs ``pip install "memkv[redis]"``).
@@ -192,7 +197,7 @@ def open_store(url: str | StoreURL) -> MemoryStore[Any]:
     if isinstance(parsed, MemoryURL):
         from memkv.local import LocalMemoryStore
 
-        return LocalMemoryStore(parsed.max_entries)
+        return LocalMemoryStore(parsed.max_entries, core=parsed.core)
     from memkv.redis import RedisMemoryStore  # ImportError names the extra to install
 
     return RedisMemoryStore(parsed)
@@ -285,13 +290,17 @@ def _memory_url(parts: SplitResult) -> MemoryURL:
     if parts.netloc or parts.path not in ("", "/"):
         raise InvalidArgumentError("memory:// takes no host or path")
     max_entries: int | None = None
+    core: str | None = None
     for index, (name, value) in enumerate(_query(parts), 1):
-        if name != "max_entries":
+        if name == "core":
+            core = _parse_value(name, value, _CORE)
+        elif name == "max_entries":
+            max_entries = _parse_value(name, value, _POSITIVE_INT)
+        else:
             raise InvalidArgumentError(
-                _unknown_parameter("memory://", index, name, ["max_entries"])
+                _unknown_parameter("memory://", index, name, ["core", "max_entries"])
             )
-        max_entries = _parse_value(name, value, _POSITIVE_INT)
-    return MemoryURL(max_entries)
+    return MemoryURL(max_entries, core)
 
 
 # -- Redis -----------------------------------------------------------------------------------
@@ -338,6 +347,12 @@ def _non_empty(value: str) -> str:
     return value
 
 
+def _core_name(value: str) -> str:
+    if value not in ("cython", "python"):
+        raise ValueError
+    return value
+
+
 def _cert_reqs(value: str) -> str:
     if value.lower() not in ("none", "optional", "required"):
         raise ValueError
@@ -349,6 +364,7 @@ _COUNT = _Parameter(_non_negative_int, "an integer >= 0")
 _POSITIVE_INT = _Parameter(_positive_int, "an integer >= 1")
 _TEXT = _Parameter(_non_empty, "a non-empty string")
 _BOOLEAN = _Parameter(_boolean, "true or false")
+_CORE = _Parameter(_core_name, "'cython' or 'python'")
 
 #: Query parameters that configure the store: URL name -> (option name, parameter).
 _STORE_PARAMETERS: Mapping[str, tuple[str, _Parameter]] = MappingProxyType(

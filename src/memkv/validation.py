@@ -30,9 +30,11 @@ __all__ = [
     "check_keys",
     "check_max_entries",
     "check_metadata",
+    "check_pair",
     "check_prefix",
     "check_store",
     "check_store_name",
+    "item_pairs",
     "ttl_seconds",
 ]
 
@@ -104,21 +106,32 @@ def check_metadata(metadata: object) -> dict[str, Any] | None:
 
 def check_items(items: object) -> list[tuple[str, Any]]:
     """Validate ``set_many`` input (a mapping or (key, value) pairs) as a whole."""
+    return [check_pair(pair) for pair in item_pairs(items)]
+
+
+def item_pairs(items: object) -> Iterable[Any]:
+    """The pairs of ``set_many`` input, not yet checked: a mapping's items, or ``items``.
+
+    Raises ``InvalidKeyError`` for a ``str``, ``bytes`` or anything not iterable.
+    """
     if isinstance(items, Mapping):
-        pairs: Iterable[Any] = items.items()
-    elif isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        return items.items()
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
         raise InvalidKeyError(
             f"items must be a mapping or an iterable of (key, value) pairs, "
             f"not {type(items).__name__}"
         )
-    else:
-        pairs = items
-    checked: list[tuple[str, Any]] = []
-    for pair in pairs:
-        if not isinstance(pair, tuple) or len(pair) != 2:
-            raise InvalidKeyError(f"items must be (key, value) pairs, got {type(pair).__name__}")
-        checked.append((check_key(pair[0]), pair[1]))
-    return checked
+    return items
+
+
+def check_pair(pair: object) -> tuple[str, Any]:
+    """One ``(key, value)`` pair of ``set_many`` input, its key checked."""
+    if type(pair) is tuple and len(pair) == 2 and type(pair[0]) is str:
+        # Already what is returned: a batch of a million needs no second million tuples.
+        return pair
+    if not isinstance(pair, tuple) or len(pair) != 2:
+        raise InvalidKeyError(f"items must be (key, value) pairs, got {type(pair).__name__}")
+    return check_key(pair[0]), pair[1]
 
 
 def check_keys(keys: Iterable[object]) -> list[str]:

@@ -23,7 +23,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         'memkv.integrations.langchain needs langchain-core: pip install "memkv[langchain]"'
     ) from err
 
-from memkv._core import MemoryEntry
+from memkv.entry import MemoryEntry
 from memkv.errors import CodecError
 from memkv.integrations._sync_bridge import SyncBridge
 from memkv.store import TTL, MemoryStore

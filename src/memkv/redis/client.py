@@ -101,16 +101,31 @@ def ssl_context(connection: Mapping[str, Any]) -> ssl.SSLContext:
     """The TLS context for a ``rediss://`` URL's ``ssl_*`` parameters, with redis-py's
     defaults: the certificate is required and its host name checked, against
     ``ssl_ca_certs`` or the system's CAs; ``ssl_certfile``/``ssl_keyfile`` is the client's
-    certificate."""
-    context = ssl.create_default_context(cafile=connection.get("ssl_ca_certs"))
-    reqs = _CERT_REQS[connection.get("ssl_cert_reqs", "required")]
-    # check_hostname first: CERT_NONE is refused while it is on.
-    context.check_hostname = reqs != ssl.CERT_NONE and connection.get("ssl_check_hostname", True)
-    context.verify_mode = reqs
-    certfile = connection.get("ssl_certfile")
-    if certfile is not None:
-        context.load_cert_chain(certfile, connection.get("ssl_keyfile"))
-    return context
+    certificate.
+
+    The files are read here: one that cannot be read or parsed raises
+    ``InvalidArgumentError`` naming the parameter, never its value (a path may say more
+    than it should), and with no chained error that would carry it.
+    """
+    loading = "ssl_ca_certs"
+    try:
+        context = ssl.create_default_context(cafile=connection.get("ssl_ca_certs"))
+        reqs = _CERT_REQS[connection.get("ssl_cert_reqs", "required")]
+        # check_hostname first: CERT_NONE is refused while it is on.
+        context.check_hostname = reqs != ssl.CERT_NONE and connection.get(
+            "ssl_check_hostname", True
+        )
+        context.verify_mode = reqs
+        certfile = connection.get("ssl_certfile")
+        if certfile is not None:
+            loading = "ssl_certfile/ssl_keyfile"
+            context.load_cert_chain(certfile, connection.get("ssl_keyfile"))
+        return context
+    except (OSError, ssl.SSLError) as err:
+        kind = type(err).__name__
+    raise InvalidArgumentError(
+        f"the file named by the URL parameter {loading} cannot be used ({kind})"
+    )
 
 
 def connection_spec(url: RedisURL, options: Mapping[str, Any]) -> ConnectionSpec:

@@ -31,8 +31,8 @@ __all__ = [
     "ClusterCommands",
     "Commands",
     "NodeCommands",
+    "PageRetry",
     "RedisCommands",
-    "Retry",
 ]
 
 # Writes one envelope and keeps the created_at of the envelope it replaces, atomically.
@@ -58,7 +58,7 @@ _SET = Script(SET_SCRIPT, _SET_SHA)
 _INHERITED_CLIENTS: list[Any] = []
 
 #: Runs a page of a scan again after an outage (the store's ``RetryPolicy``), or not.
-Retry = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]] | None
+PageRetry = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]] | None
 
 
 class Commands(Protocol):
@@ -91,7 +91,7 @@ class Commands(Protocol):
 
     def script(self, script: Script, key: bytes, *args: Any) -> Awaitable[Any]: ...
 
-    def scan(self, match: bytes, count: int, retry: Retry = None) -> AsyncIterator[bytes]: ...
+    def scan(self, match: bytes, count: int, retry: PageRetry = None) -> AsyncIterator[bytes]: ...
 
     def renew(self) -> None: ...
 
@@ -163,7 +163,7 @@ class _TransportCommands:
         execute: Callable[..., Awaitable[Any]],
         match: bytes,
         count: int,
-        retry: Retry,
+        retry: PageRetry,
         seen: set[bytes],
     ) -> AsyncIterator[bytes]:
         cursor: Any = 0
@@ -244,7 +244,7 @@ class NodeCommands(_TransportCommands):
             )
         _first_error(replies)
 
-    def scan(self, match: bytes, count: int, retry: Retry = None) -> AsyncIterator[bytes]:
+    def scan(self, match: bytes, count: int, retry: PageRetry = None) -> AsyncIterator[bytes]:
         """Every key matching the glob ``match``, once (memory grows with the matches)."""
         return self._scan_node(self.node.execute, match, count, retry, set())
 
@@ -377,7 +377,9 @@ class ClusterCommands(_TransportCommands):
                 ]
             )
 
-    async def scan(self, match: bytes, count: int, retry: Retry = None) -> AsyncIterator[bytes]:
+    async def scan(
+        self, match: bytes, count: int, retry: PageRetry = None
+    ) -> AsyncIterator[bytes]:
         """Every matching key on every primary, once."""
         router = self._router or await self.router()
         seen: set[bytes] = set()
@@ -510,7 +512,9 @@ class RedisCommands:
         results: list[Any] = await pipe.execute(raise_on_error=False)
         return results
 
-    async def scan(self, match: bytes, count: int, retry: Retry = None) -> AsyncIterator[bytes]:
+    async def scan(
+        self, match: bytes, count: int, retry: PageRetry = None
+    ) -> AsyncIterator[bytes]:
         """Every key matching the glob ``match``, once: ``SCAN ... COUNT count`` on the
         server or on every primary of a cluster (memory grows with the matches).
         ``retry`` is unused: redis-py's client retries by itself."""

@@ -10,8 +10,9 @@ from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
-from memkv._core import MemoryEntry, make_entry
+from memkv._core import make_entry
 from memkv.codecs import CODEC_IDS, Codec, encode_value
+from memkv.entry import MemoryEntry
 from memkv.errors import CodecError
 
 __all__ = [

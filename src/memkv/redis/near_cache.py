@@ -31,9 +31,11 @@ import os
 import time
 import weakref
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
-from memkv._core import LocalCore, MemoryEntry
+from memkv import _core
+from memkv._core import LocalCore
+from memkv.entry import MemoryEntry
 from memkv.errors import InvalidArgumentTypeError, TrackingUnavailableError
 from memkv.redis.transport import Connection, ReplyError
 from memkv.store import NearCacheStats
@@ -157,12 +159,14 @@ class NearCache:
         if entry is None:
             self.core.set(key, ABSENT)
             return
-        expires = entry._expires
+        # Decoded by the core in use (memkv.redis.envelope): its float timestamps.
+        decoded = cast("_core.MemoryEntry[Any]", entry)
+        expires = decoded._expires
         if expires is None or expires > now:
             # The core's own entry carries the server's value, metadata and timestamps:
             # one object per copy, as in a LocalMemoryStore.
             self.core.put(
-                key, entry.value, entry._metadata, entry._created, entry._updated, expires
+                key, decoded.value, decoded._metadata, decoded._created, decoded._updated, expires
             )
 
     # -- invalidation -------------------------------------------------------------------

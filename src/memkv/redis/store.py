@@ -25,8 +25,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from memkv._core import MemoryEntry
 from memkv.codecs import Codec, codec_id, codec_name, resolve_codec
+from memkv.entry import MemoryEntry
 from memkv.errors import CodecError, EventLoopError, InvalidArgumentError, MemKVError
 from memkv.redis.client import (
     DEFAULT_OPTIONS,
