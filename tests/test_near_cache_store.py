@@ -584,3 +584,27 @@ async def test_a_stored_none_is_a_copy_not_an_absence(near: RedisMemoryStore[Any
         False,
     ]
     assert near_stats(near).hits >= 3
+
+
+async def test_a_cluster_acl_user_without_client_tracking_gets_the_typed_error(
+    cluster_url: str,
+) -> None:
+    namespace = unique_namespace()
+    user, password = f"{namespace}-user", "acl-secret-78"
+    admin: RedisMemoryStore[Any] = RedisMemoryStore(cluster_url, namespace=namespace)
+    router = await admin._redis.router()  # type: ignore[attr-defined]
+    await router.on_every_primary(
+        "ACL", "SETUSER", user, "on", f">{password}", "~*", "+@all", "-client|tracking"
+    )
+    url = cluster_url.replace("://", f"://{user}:{password}@", 1)
+    store: RedisMemoryStore[Any] = RedisMemoryStore(
+        f"{url}?near_cache=10&retries=0", namespace=namespace
+    )
+    try:
+        with pytest.raises(TrackingUnavailableError, match=r"client\|tracking") as caught:
+            await store.get("k")
+        assert password not in str(caught.value)
+    finally:
+        await store.close()
+        await router.on_every_primary("ACL", "DELUSER", user)
+        await admin.close()
