@@ -149,6 +149,7 @@ def store_table(url: str | None) -> dict[str, dict[str, Arg]]:
                 "backoff_base",
                 "backoff_cap",
                 "max_connections",
+                "near_cache",
             )
         },
     }
@@ -470,6 +471,7 @@ COMMAND_ARGUMENTS: dict[str, dict[str, list[str]]] = {
         "core": ["--core", "python"],
         "redis_url": [],
         "redis_ops": ["--redis-ops", "100"],
+        "near_cache": [],
     },
     "keys": {"url": ["memory://"], "prefix": ["probe"], "limit": ["--limit", "10"]},
     "get": {"url": ["memory://"], "key": ["probe"]},

@@ -455,6 +455,41 @@ def test_bench_on_redis_reports_it_and_leaves_nothing_behind(store_url: str) -> 
 
 
 @pytest.mark.redis
+def test_bench_near_cache_adds_a_near_cached_redis_store(store_url: str) -> None:
+    result = run(
+        "bench",
+        *SMALL,
+        "--core",
+        "python",
+        "--redis",
+        store_url,
+        "--redis-ops",
+        "200",
+        "--near-cache",
+        "100",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    rows = {
+        row["operation"]: row
+        for row in json.loads(result.stdout)["results"]
+        if row["store"] == "redis-near-cache"
+    }
+    assert list(rows) == OPERATION_NAMES
+    assert rows["get_hit"]["entries"] == 100
+    assert asyncio.run(_keys(store_url)) == ["chat:1", "chat:2", "notes:1"]
+
+
+def test_bench_near_cache_needs_redis_and_a_positive_size() -> None:
+    alone = run("bench", *SMALL, "--near-cache", "10")
+    assert alone.exit_code == 2
+    assert "--redis" in alone.stderr
+    zero = run("bench", *SMALL, "--redis", "redis://127.0.0.1:1/0", "--near-cache", "0")
+    assert zero.exit_code == 2
+    assert "--near-cache" in zero.stderr
+
+
+@pytest.mark.redis
 def test_keys_and_get_print_a_lone_surrogate_key_escaped(redis_url: str) -> None:
     url = _with_namespace(redis_url, unique_namespace())
     key = "bad\ud800key"

@@ -106,12 +106,17 @@ class Lockstep:
 
     def model_set(self, key: str, value: Any, ttl: Any, metadata: Any) -> None:
         now = self.now()
-        self.forget_expired()
         seconds = ttl_to_seconds(ttl)
-        old = self.model.get(key)
+        old = self.model.get(key) if key in set(self.live()) else None
         created = now if old is None else old[2]
         expires = None if seconds is None else now + seconds
-        self.model[key] = (value, dict(metadata or {}), created, now, expires)
+        self.model_put(key, (value, dict(metadata or {}), created, now, expires))
+
+    def model_put(
+        self, key: str, entry: tuple[Any, dict[str, Any], float, float, float | None]
+    ) -> None:
+        self.forget_expired()
+        self.model[key] = entry
         if self.max_entries is not None:
             # Keep the model to what the cores hold: evicted keys are gone from both.
             # Asked of both cores, so that their exists() counters stay in step.
@@ -126,7 +131,7 @@ class Lockstep:
             [
                 "set", "set", "set", "get", "get", "exists", "delete", "get_many",
                 "set_many", "delete_many", "scan", "clear", "purge", "len", "tick",
-                "tick", "bad", "add", "touch",
+                "tick", "bad", "add", "touch", "put",
             ]
         )  # fmt: skip
         key = random_key(rng)
@@ -201,6 +206,16 @@ class Lockstep:
                 seconds = ttl_to_seconds(ttl)
                 expires = None if seconds is None else self.now() + seconds
                 self.model[key] = (value, metadata, created, updated, expires)
+        elif op == "put":
+            # A copy of an entry kept elsewhere: its own timestamps, maybe already expired.
+            now = self.now()
+            value = rng.randint(0, 9)
+            metadata = rng.choice([None, {"p": rng.randint(0, 3)}])
+            created = now - rng.choice([0.0, 1.0, 30.0])
+            updated = created + rng.choice([0.0, 0.5])
+            expires = rng.choice([None, now + 1.0, now + 2.5, now - 1.0])
+            self.both(lambda core: core.put(key, value, metadata, created, updated, expires))
+            self.model_put(key, (value, dict(metadata or {}), created, updated, expires))
         elif op == "purge":
             self.both(lambda core: core.purge_expired())
         elif op == "len":
@@ -213,6 +228,7 @@ class Lockstep:
             bad = rng.choice(
                 [
                     lambda core: core.set(1, "v"),
+                    lambda core: core.put(1, "v", None, 0.0, 0.0, None),
                     lambda core: core.set("k", "v", 0),
                     lambda core: core.set("k", "v", -1.5),
                     lambda core: core.set("k", "v", True),

@@ -1212,6 +1212,32 @@ cdef class LocalCore:
             self.end()
             dropped_release(&dropped)
 
+    def put(self, key, value, metadata, double created, double updated, expires):
+        """Store a copy of an entry kept elsewhere, with its timestamps (store-time UNIX
+        seconds; ``expires`` ``None``: never), as ``set`` stores one: a use for LRU, the
+        least recently used out when full, gone at ``expires``. For a near cache, which
+        holds what the server sent: only the key is checked; ``metadata`` must be a dict
+        or ``None``."""
+        key = exact_key(key)
+        cdef double deadline = INFINITY if expires is None else <double>expires
+        # Made before the critical section: allocating may run the cyclic GC.
+        cdef MemoryEntry entry = new_entry(key, value, metadata or None)
+        cdef MemoryEntry stored
+        cdef Dropped dropped
+        dropped_init(&dropped)
+        cdef double now = self.begin()
+        try:
+            entry.c_expires = deadline
+            self.store(entry, now, &dropped)
+            # store() may have moved the contents into the entry it replaces.
+            stored = <MemoryEntry>PyDict_GetItem(<PyObject*>self.entries, <PyObject*>key)
+            stored.c_created = created
+            stored.c_updated = updated
+            self.purge(now, C_PURGE_BUDGET, &dropped)
+        finally:
+            self.end()
+            dropped_release(&dropped)
+
     def delete(self, key):
         """Remove ``key``; ``True`` when a live entry was removed."""
         key = exact_key(key)

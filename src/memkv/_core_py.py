@@ -437,17 +437,23 @@ class LocalCore:
         metadata: dict[str, Any] | None,
         now: float,
         dead: list[MemoryEntry[Any]],
+        times: tuple[float, float] | None = None,
     ) -> None:
+        """Put ``value`` at ``key`` expiring at ``expires`` (store time). ``times`` is
+        ``(created, updated)`` for a copy (``put``); else ``created_at`` is kept from the
+        entry replaced and ``updated_at`` is ``now``."""
         entries = self._entries
         old = self._lookup(key, now, dead)
         if old is None:
             if self._lru and len(entries) >= self._max_entries:  # type: ignore[operator]
                 self._make_room(now, dead)
-            entries[key] = make_entry(key, value, metadata, now, now, expires)
+            created, updated = times or (now, now)
+            entries[key] = make_entry(key, value, metadata, created, updated, expires)
             self._index.add(key)
         else:
             dead.append(old)
-            entries[key] = make_entry(key, value, metadata, old._created, now, expires)
+            created, updated = times or (old._created, now)
+            entries[key] = make_entry(key, value, metadata, created, updated, expires)
             if self._lru:
                 entries.move_to_end(key)  # type: ignore[attr-defined]
             if old._expires is not None:
@@ -505,6 +511,29 @@ class LocalCore:
             self._store(key, value, expires, checked, now, dead)
             self._purge(now, PURGE_BUDGET, dead)
             self._ops[_SET] += 1
+            self._busy = False
+
+    def put(
+        self,
+        key: str,
+        value: Any,
+        metadata: dict[str, Any] | None,
+        created: float,
+        updated: float,
+        expires: float | None,
+    ) -> None:
+        """Store a copy of an entry kept elsewhere, with its timestamps (store-time UNIX
+        seconds; ``expires`` ``None``: never), as ``set`` stores one: a use for LRU, the
+        least recently used out when full, gone at ``expires``. For a near cache, which
+        holds what the server sent: only the key is checked; ``metadata`` must be a dict
+        or ``None``."""
+        key = check_key(key)
+        dead: list[MemoryEntry[Any]] = []
+        self._refuse_reentry()
+        with self._exclusive:
+            now = self._begin()
+            self._store(key, value, expires, metadata or None, now, dead, (created, updated))
+            self._purge(now, PURGE_BUDGET, dead)
             self._busy = False
 
     def delete(self, key: str) -> bool:
@@ -764,6 +793,6 @@ _LOCKING_CODE = frozenset(
     for name in [
         "get", "set", "delete", "exists", "get_many", "set_many", "delete_many",
         "scan_batch", "clear", "purge_expired", "counters", "operations", "_check",
-        "add", "touch",
+        "add", "touch", "put",
     ]
 )  # fmt: skip

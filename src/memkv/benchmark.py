@@ -48,11 +48,13 @@ __all__ = [
 #: Bumped whenever a field of ``BenchReport`` or ``ResultRow`` changes meaning or goes away.
 SCHEMA_VERSION = 1
 #: Store ids in results: the bare ``dict`` behind ``async def`` that local figures are
-#: compared with, the local store on each core, and a Redis store.
+#: compared with, the local store on each core, a Redis store, and a Redis store with a
+#: near cache (``--near-cache N``).
 BASELINE = "baseline"
 LOCAL_CYTHON = "local-cython"
 LOCAL_PYTHON = "local-python"
 REDIS = "redis"
+REDIS_NEAR_CACHE = "redis-near-cache"
 #: Entries per prefix group: ``get_many`` fetches and ``scan(prefix)`` yields this many keys.
 BATCH = 100
 
@@ -146,8 +148,8 @@ class BenchReport(TypedDict):
     - ``keys``: the ``--keys`` asked for (a Redis store holds at most 10 * ``--redis-ops``);
     - ``redis``: a description of the Redis store benchmarked (never its password), or null;
     - ``results``: one ``ResultRow`` per (store, operation), stores in the order
-      ``baseline``, ``local-cython``, ``local-python``, ``redis`` (those that ran) and
-      operations in ``WORKLOAD`` order;
+      ``baseline``, ``local-cython``, ``local-python``, ``redis``, ``redis-near-cache``
+      (those that ran) and operations in ``WORKLOAD`` order;
     - ``speedup``: operation name → Cython core ``ops_per_second`` ÷ pure-Python core
       ``ops_per_second``; empty unless both local cores ran.
     """

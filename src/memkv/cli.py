@@ -11,6 +11,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
+from dataclasses import replace
 from typing import Any
 from uuid import uuid4
 
@@ -30,10 +31,12 @@ from memkv import __version__
 from memkv._core import IMPLEMENTATION
 from memkv.benchmark import (
     BASELINE,
+    BATCH,
     CONCURRENT_WORKLOAD,
     LOCAL_CYTHON,
     LOCAL_PYTHON,
     REDIS,
+    REDIS_NEAR_CACHE,
     WORKLOAD,
     BenchReport,
     BenchResult,
@@ -68,6 +71,7 @@ _STORE_LABELS = {
     LOCAL_CYTHON: "local (cython)",
     LOCAL_PYTHON: "local (python)",
     REDIS: "redis",
+    REDIS_NEAR_CACHE: "redis + near cache",
 }
 _LABELS = {operation.name: operation.label for operation in WORKLOAD + CONCURRENT_WORKLOAD}
 
@@ -175,6 +179,7 @@ async def _run_bench(
     local: list[tuple[str, MemoryStore[Any]]],
     *,
     redis_url: str | None,
+    near_cache: int | None,
     keys: int,
     ops: int,
     redis_ops: int,
@@ -196,6 +201,15 @@ async def _run_bench(
             await redis_store.exists(run_prefix)
             entries = min(keys, REDIS_ENTRIES_PER_CALL * redis_ops)
             plans.append((REDIS, redis_store, entries, redis_ops))
+            if near_cache is not None:
+                parsed = parse_url(redis_url)
+                assert isinstance(parsed, RedisURL)
+                near_url = replace(parsed, options={**parsed.options, "near_cache": near_cache})
+                near_store = await stack.enter_async_context(open_store(near_url))
+                # At most as many entries as the near cache holds, so that get hit
+                # measures copies read again (its first read of each key goes to Redis).
+                near_entries = max(BATCH, min(entries, near_cache))
+                plans.append((REDIS_NEAR_CACHE, near_store, near_entries, redis_ops))
         total = baseline_calls(ops) + sum(
             planned_calls(calls, concurrent=name == REDIS) for name, _, _, calls in plans
         )
@@ -225,7 +239,7 @@ async def _run_bench(
                     store,
                     keys=entries,
                     calls=calls,
-                    key_prefix=run_prefix if name == REDIS else "bench:",
+                    key_prefix=run_prefix if name in (REDIS, REDIS_NEAR_CACHE) else "bench:",
                     progress=advance,
                     concurrent=name == REDIS,
                 )
@@ -316,6 +330,14 @@ def _speedup_table(report: BenchReport) -> Table:
     show_default=True,
     help="Calls per single-key operation on Redis (preloads at most 10 entries per call).",
 )
+@click.option(
+    "--near-cache",
+    "near_cache",
+    type=click.IntRange(min=1, max=MAX_BENCH_KEYS),
+    metavar="N",
+    help="With --redis, also benchmark the same store with a near cache of N entries "
+    "(?near_cache=N); its get hit reads at most N keys, each from Redis once.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (no progress).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def bench(
@@ -324,6 +346,7 @@ def bench(
     core: str,
     redis_url: str | None,
     redis_ops: int,
+    near_cache: int | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -348,17 +371,21 @@ def bench(
                     "keys_per_second": 1.2e6, "p50_us": 0.8, "p99_us": 1.8,
                     "vs_baseline": 0.74}, ...],
        "speedup": {"get_hit": 2.4, ...}}
-    store: baseline | local-cython | local-python | redis; operation: get_hit, get_miss,
+    store: baseline | local-cython | local-python | redis | redis-near-cache; operation:
+    get_hit, get_miss,
     exists, get_many, scan_prefix, set, set_ttl; vs_baseline: ops/s ÷ the baseline's
     (null for the baseline, Redis, scan_prefix and set_ttl); speedup: Cython ÷ Python
     ops/s (empty unless both cores ran).
     """
+    if near_cache is not None and redis_url is None:
+        raise click.BadParameter("needs --redis URL", param_hint="'--near-cache'")
     local = _local_stores(core)
     with _errors_as_one_line(redis_url):
         results, redis_description = asyncio.run(
             _run_bench(
                 local,
                 redis_url=redis_url,
+                near_cache=near_cache,
                 keys=keys,
                 ops=ops,
                 redis_ops=redis_ops,

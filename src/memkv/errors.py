@@ -19,6 +19,7 @@ __all__ = [
     "ReentrantCallError",
     "StoreClosedError",
     "StoreNotFoundError",
+    "TrackingUnavailableError",
 ]
 
 
@@ -114,4 +115,13 @@ class BackendError(MemKVError, RuntimeError):
 
     For Redis: a reply such as ``OOM`` or ``READONLY`` that is neither an outage
     (``BackendUnavailableError``) nor an access refusal (``AccessDeniedError``).
+    """
+
+
+class TrackingUnavailableError(BackendError):
+    """A Redis server cannot keep a near cache coherent: it refused ``CLIENT TRACKING``
+    (an ACL without ``client|tracking``, a server before Redis 6) or speaks only RESP2.
+
+    Raised by the first operation of a ``RedisMemoryStore`` made with ``near_cache``,
+    instead of serving copies that no invalidation would ever drop.
     """

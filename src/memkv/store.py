@@ -35,6 +35,7 @@ __all__ = [
     "BaseMemoryStore",
     "FlightStats",
     "MemoryStore",
+    "NearCacheStats",
     "OperationCounts",
     "StoreStats",
     "operation_counts",
@@ -109,6 +110,24 @@ def operation_counts(counted: Mapping[tuple[str, str], int]) -> OperationCounts:
     )
 
 
+class NearCacheStats(NamedTuple):
+    """An immutable snapshot of a near cache's counters (``RedisMemoryStore(near_cache=N)``).
+
+    ``hits``/``misses`` count keys looked up in the near cache (a miss is then read from
+    the server); ``invalidations`` counts keys the server said another write changed;
+    ``flushes`` counts times the whole near cache was emptied (a ``FLUSHDB``/``FLUSHALL``,
+    a lost, timed-out or replaced connection, a fork); ``entries`` is how many copies it
+    holds now (known absences included), at most ``max_entries``.
+    """
+
+    max_entries: int
+    entries: int
+    hits: int
+    misses: int
+    invalidations: int
+    flushes: int
+
+
 class StoreStats(NamedTuple):
     """An immutable snapshot of a store's counters.
 
@@ -128,6 +147,10 @@ class StoreStats(NamedTuple):
     ``flights`` counts what ``get_or_set`` and ``cached`` do beyond their calls:
     factory runs and failures, callers that waited for another caller's factory call,
     background refreshes and waits on another process's lease (``FlightStats``).
+
+    ``near_cache`` holds the near cache's own counters on a ``RedisMemoryStore`` made
+    with ``near_cache=N`` (``None`` otherwise); ``hits``/``misses`` above count what
+    the store returned, wherever it was found.
     """
 
     gets: int = 0
@@ -140,6 +163,7 @@ class StoreStats(NamedTuple):
     entries: int | None = None
     operations: OperationCounts = OperationCounts()
     flights: FlightStats = FlightStats()
+    near_cache: NearCacheStats | None = None
 
     @property
     def hit_rate(self) -> float:

@@ -379,6 +379,7 @@ _STORE_PARAMETERS: Mapping[str, tuple[str, _Parameter]] = MappingProxyType(
         "backoff_cap": ("backoff_cap", _SECONDS),
         "max_connections": ("max_connections", _POSITIVE_INT),
         "pool_size": ("max_connections", _POSITIVE_INT),
+        "near_cache": ("near_cache", _POSITIVE_INT),
     }
 )
 #: Query parameters handed to redis-py's connections as they are named.

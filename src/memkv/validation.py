@@ -153,20 +153,20 @@ def check_batch_size(batch_size: object) -> int:
     return min(batch_size, MAX_COUNT)
 
 
-def check_max_entries(max_entries: object) -> int | None:
+def check_max_entries(max_entries: object, name: str = "max_entries") -> int | None:
     """Return a store bound: ``None`` (unbounded) or an ``int`` of at least 1.
 
     Another type (``bool`` and ``"5"`` included) raises ``InvalidArgumentTypeError``;
-    an ``int`` below 1 raises ``InvalidArgumentError``.
+    an ``int`` below 1 raises ``InvalidArgumentError``. Messages call it ``name``.
     """
     if max_entries is None:
         return None
     if type(max_entries) is not int:
         raise InvalidArgumentTypeError(
-            f"max_entries must be an int or None, not {type(max_entries).__name__}"
+            f"{name} must be an int or None, not {type(max_entries).__name__}"
         )
     if max_entries < 1:
-        raise InvalidArgumentError(f"max_entries must be at least 1, got {max_entries}")
+        raise InvalidArgumentError(f"{name} must be at least 1, got {max_entries}")
     return max_entries
 
 

@@ -16,7 +16,11 @@ Registers, each with a ``store`` attribute (the store's name):
 - ``memkv.expired`` and ``memkv.evictions`` (counters, ``{entry}``);
 - ``memkv.flight_events`` (counter, ``{event}``): what ``get_or_set`` and ``cached`` did
   beyond their calls, by ``event`` (``factory_call``, ``factory_error``, ``wait``,
-  ``refresh``, ``lease_wait``).
+  ``refresh``, ``lease_wait``);
+- for a Redis store with a near cache: ``memkv.near_cache.lookups`` (counter, ``{key}``,
+  by ``result``: ``hit`` served locally, ``miss`` sent to the server),
+  ``memkv.near_cache.invalidations`` (counter, ``{key}``), ``memkv.near_cache.flushes``
+  (counter, ``{flush}``) and ``memkv.near_cache.entries`` (gauge, ``{entry}``).
 
 The callbacks run only when a metric reader collects; each reads the stores' ``stats()``
 (a few microseconds per store). Latency histograms (``store.record_latency()``) are exported by the
@@ -93,6 +97,24 @@ def instrument(meter: Meter, source: StoreSource, prefix: str = "memkv") -> None
         for event, count in zip(FLIGHT_EVENTS, sample.stats.flights, strict=True):
             yield Observation(count, {"store": sample.name, "event": event})
 
+    def near_lookups(sample: StoreSample) -> Iterable[Observation]:
+        near = sample.stats.near_cache
+        if near is not None:
+            yield Observation(near.hits, {"store": sample.name, "result": "hit"})
+            yield Observation(near.misses, {"store": sample.name, "result": "miss"})
+
+    def near_invalidations(sample: StoreSample) -> Iterable[Observation]:
+        if sample.stats.near_cache is not None:
+            yield Observation(sample.stats.near_cache.invalidations, {"store": sample.name})
+
+    def near_flushes(sample: StoreSample) -> Iterable[Observation]:
+        if sample.stats.near_cache is not None:
+            yield Observation(sample.stats.near_cache.flushes, {"store": sample.name})
+
+    def near_entries(sample: StoreSample) -> Iterable[Observation]:
+        if sample.stats.near_cache is not None:
+            yield Observation(sample.stats.near_cache.entries, {"store": sample.name})
+
     counter, gauge = meter.create_observable_counter, meter.create_observable_gauge
     instruments: list[tuple[Any, str, Observer, str, str]] = [
         (counter, "operations", operations, "{call}", "Store calls by operation and result"),
@@ -108,6 +130,28 @@ def instrument(meter: Meter, source: StoreSource, prefix: str = "memkv") -> None
             "get_or_set and cached events: factory calls and errors, waits, refreshes, "
             "lease waits",
         ),
+        (
+            counter,
+            "near_cache.lookups",
+            near_lookups,
+            "{key}",
+            "Keys looked up in a Redis store's near cache, by result",
+        ),
+        (
+            counter,
+            "near_cache.invalidations",
+            near_invalidations,
+            "{key}",
+            "Keys the server invalidated in a Redis store's near cache",
+        ),
+        (
+            counter,
+            "near_cache.flushes",
+            near_flushes,
+            "{flush}",
+            "Times a Redis store's near cache was emptied",
+        ),
+        (gauge, "near_cache.entries", near_entries, "{entry}", "Copies held by a near cache"),
     ]
     for create, name, observe, unit, description in instruments:
         create(

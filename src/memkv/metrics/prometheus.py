@@ -26,7 +26,11 @@ Exports, each labelled with the store's name (``store``):
 - ``memkv_flight_events_total{event}``: what ``get_or_set`` and ``cached`` did beyond
   their calls (``StoreStats.flights``): ``factory_call``, ``factory_error``, ``wait``
   (a caller awaited another caller's factory call), ``refresh`` (a background refresh
-  started) and ``lease_wait`` (a fill waited for another process's Redis lease).
+  started) and ``lease_wait`` (a fill waited for another process's Redis lease);
+- for a Redis store with a near cache (``near_cache=N``): ``memkv_near_cache_lookups_total
+  {result}`` (keys served locally, ``hit``, or sent to the server, ``miss``),
+  ``memkv_near_cache_invalidations_total`` (keys the server invalidated),
+  ``memkv_near_cache_flushes_total`` (times it was emptied) and ``memkv_near_cache_entries``.
 
 Nothing is computed between scrapes: a scrape reads each store's ``stats()`` once.
 """
@@ -92,6 +96,26 @@ class StoreCollector(Collector):
         evictions = CounterMetricFamily(
             f"{ns}_evictions", "Entries dropped to respect max_entries", labels=["store"]
         )
+        near_lookups = CounterMetricFamily(
+            f"{ns}_near_cache_lookups",
+            "Keys looked up in a Redis store's near cache, by result (hit or miss)",
+            labels=["store", "result"],
+        )
+        near_invalidations = CounterMetricFamily(
+            f"{ns}_near_cache_invalidations",
+            "Keys the server invalidated in a Redis store's near cache",
+            labels=["store"],
+        )
+        near_flushes = CounterMetricFamily(
+            f"{ns}_near_cache_flushes",
+            "Times a Redis store's near cache was emptied (flush, lost connection)",
+            labels=["store"],
+        )
+        near_entries = GaugeMetricFamily(
+            f"{ns}_near_cache_entries",
+            "Copies held by a Redis store's near cache",
+            labels=["store"],
+        )
         durations = HistogramMetricFamily(
             f"{ns}_operation_duration_seconds",
             "Time spent in store calls, for stores that record latency",
@@ -114,6 +138,13 @@ class StoreCollector(Collector):
                 entries.add_metric([name], stats.entries)
             expired.add_metric([name], stats.expired)
             evictions.add_metric([name], stats.evictions)
+            near = stats.near_cache
+            if near is not None:
+                near_lookups.add_metric([name, "hit"], near.hits)
+                near_lookups.add_metric([name, "miss"], near.misses)
+                near_invalidations.add_metric([name], near.invalidations)
+                near_flushes.add_metric([name], near.flushes)
+                near_entries.add_metric([name], near.entries)
             for operation, histogram in latency.items():
                 durations.add_metric(
                     [name, operation],
@@ -121,6 +152,8 @@ class StoreCollector(Collector):
                     histogram.total,
                 )
         yield from (operations, lookups, entries, expired, evictions, flights)
+        if near_lookups.samples:
+            yield from (near_lookups, near_invalidations, near_flushes, near_entries)
         if durations.samples:
             yield durations
 

@@ -26,6 +26,7 @@ from memkv.errors import (
     InvalidArgumentError,
     InvalidKeyError,
     StoreClosedError,
+    TrackingUnavailableError,
 )
 from memkv.redis.transport import ConnectionSpec, Node
 
@@ -88,15 +89,16 @@ class NodeConnection(Protocol):
 Connect = Callable[[str, int], NodeConnection]
 
 
-def node_factory(spec: ConnectionSpec) -> Connect:
+def node_factory(spec: ConnectionSpec, **node_options: Any) -> Connect:
     """A ``connect`` that makes a transport ``Node`` per address, with ``spec``'s options.
 
     Every node gets ``spec``'s credentials, database, protocol, timeouts and
     ``max_inflight``; its host and port are the node's (``spec.path`` is ignored).
+    ``node_options`` go to every ``Node`` (``on_push``, ``on_ready``, ``on_close``...).
     """
 
     def connect(host: str, port: int) -> NodeConnection:
-        return Node(dataclasses.replace(spec, host=host, port=port, path=None))
+        return Node(dataclasses.replace(spec, host=host, port=port, path=None), **node_options)
 
     return connect
 
@@ -411,8 +413,9 @@ class ClusterRouter:
         for address in candidates:
             try:
                 reply = await self._ask_slots(address)
-            except AccessDeniedError:
-                raise  # every node takes the same credentials: asking on cannot help
+            except (AccessDeniedError, TrackingUnavailableError):
+                # Every node takes the same credentials and setup: asking on cannot help.
+                raise
             except _CONNECTION_ERRORS as err:
                 errors.append(f"{address}: {type(err).__name__}")
                 continue
@@ -472,8 +475,11 @@ class ClusterRouter:
         delay = self._last_refresh + self._refresh_interval - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        # A failed refresh leaves the old map; the next failure schedules another.
-        with contextlib.suppress(BackendUnavailableError):
+        # A failed refresh leaves the old map; the next failure schedules another (and
+        # a refusal reaches the caller of the next command that opens a connection).
+        with contextlib.suppress(
+            BackendUnavailableError, AccessDeniedError, TrackingUnavailableError
+        ):
             await self.refresh()
 
     # -- connections -----------------------------------------------------------------

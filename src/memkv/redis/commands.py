@@ -15,7 +15,7 @@ import functools
 import hashlib
 import os
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from redis import exceptions as redis_errors
@@ -186,9 +186,16 @@ class NodeCommands(_TransportCommands):
     coroutine of their own: this is the path every call takes).
     """
 
-    def __init__(self, spec: ConnectionSpec, make_client: Callable[[], AnyRedis]) -> None:
+    def __init__(
+        self,
+        spec: ConnectionSpec,
+        make_client: Callable[[], AnyRedis],
+        node_options: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(make_client)
-        self.node = Node(spec)
+        #: Given to the node (a near cache's tracking hooks), and to its replacements.
+        self._node_options = dict(node_options or {})
+        self.node = Node(spec, **self._node_options)
 
     def get(self, key: bytes) -> Awaitable[bytes | None]:
         return self.node.execute(b"GET", key)
@@ -250,7 +257,7 @@ class NodeCommands(_TransportCommands):
     async def aclose(self) -> None:
         self.node.close()
         # A fresh node, bound to no event loop: the store may next be used on another.
-        self.node = Node(self.node.spec)
+        self.node = Node(self.node.spec, **self._node_options)
         await self._close_client()
 
 
@@ -269,10 +276,11 @@ class ClusterCommands(_TransportCommands):
         seeds: list[tuple[str, int]],
         spec: ConnectionSpec,
         make_client: Callable[[], AnyRedis],
+        node_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(make_client)
         self._seeds = seeds
-        self._node_factory = node_factory(spec)
+        self._node_factory = node_factory(spec, **(node_options or {}))
         self._router: ClusterRouter | None = None
         self._opening: asyncio.Future[ClusterRouter] | None = None
         #: Every node the current router made, to abandon them in ``renew``.

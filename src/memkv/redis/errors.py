@@ -16,6 +16,7 @@ from memkv.errors import (
     BackendUnavailableError,
     CodecError,
     MemKVError,
+    TrackingUnavailableError,
 )
 from memkv.redis.transport import ReplyError
 
@@ -83,6 +84,8 @@ class ErrorRow(NamedTuple):
 
 
 ERROR_TABLE: tuple[ErrorRow, ...] = (
+    # A near cache's CLIENT TRACKING refused (its text names the server and the reply).
+    ErrorRow((TrackingUnavailableError,), None, TrackingUnavailableError, "{reply}"),
     ErrorRow(ACCESS_ERRORS, None, AccessDeniedError, "{where} refused access: {reply}"),
     # An ACL refusal inside the set script comes back as a plain error reply, worded
     # differently by Redis ("can't run this command") and Valkey ("ACL failure").

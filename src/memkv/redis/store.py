@@ -11,7 +11,15 @@ import random
 import struct
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from redis.asyncio import Redis
@@ -32,6 +40,7 @@ from memkv.redis.commands import ClusterCommands, Commands, NodeCommands, RedisC
 from memkv.redis.envelope import ENVELOPE_MAGIC, decode_entry, encode_entry, ttl_milliseconds
 from memkv.redis.errors import FAILURES, FOREIGN_TYPE_MESSAGE, retryable, translate
 from memkv.redis.lease import LEASE_PREFIX, RELEASE, RENEW, TOUCH
+from memkv.redis.near_cache import ABSENT, MISS, NearCache
 from memkv.redis.retry import RetryPolicy
 from memkv.singleflight import Fill
 from memkv.store import TTL, BaseMemoryStore, StoreStats, operation_counts
@@ -179,6 +188,15 @@ class RedisMemoryStore(BaseMemoryStore[T]):
     ``KEYS`` or ``FLUSHDB``. ``stats()`` counts this client's operations (``expired``
     and ``evictions`` are 0, ``entries`` is ``None``).
 
+    ``near_cache=N`` (URL: ``?near_cache=N``; a store made from a URL only) keeps a copy
+    of up to N entries in this process, kept coherent by the server's invalidation
+    messages (``CLIENT TRACKING``): ``get``, ``get_many`` and ``exists`` answer from a
+    copy without a round trip (about a microsecond), writes, ``scan`` and ``clear`` go
+    to the server. What a reader may see and when copies are dropped:
+    ``docs/near-cache.md``. A server that refuses ``CLIENT TRACKING`` makes the first
+    operation raise ``TrackingUnavailableError``; ``stats().near_cache`` counts hits,
+    misses, invalidations and flushes.
+
     >>> import asyncio
     >>> async def main() -> object:
     ...     async with RedisMemoryStore("redis://localhost:6379/0", namespace="app") as store:
@@ -202,6 +220,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         backoff_base: float | None = None,
         backoff_cap: float | None = None,
         max_connections: int | None = None,
+        near_cache: int | None = None,
     ) -> None:
         given = {
             name: value
@@ -227,12 +246,16 @@ class RedisMemoryStore(BaseMemoryStore[T]):
                 namespace = url_options.pop("namespace", None)
             if codec is None:
                 codec = url_options.pop("codec", None)
+            url_near_cache = url_options.pop("near_cache", None)
+            if near_cache is None:
+                near_cache = url_near_cache
             options = {**DEFAULT_OPTIONS, **url_options, **given}
             check_options(options)
         elif isinstance(url_or_client, (Redis, RedisCluster)):
-            if given:
+            if given or near_cache is not None:
+                names = sorted([*given, *(["near_cache"] if near_cache is not None else [])])
                 raise InvalidArgumentError(
-                    f"{', '.join(sorted(given))} only apply to a store made from a URL; "
+                    f"{', '.join(names)} only apply to a store made from a URL; "
                     "configure the client you pass instead"
                 )
             if url_or_client.get_encoder().decode_responses:
@@ -257,17 +280,23 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         self._codec_id = codec_id(self._codec)
         self._server = server
         self._where = f"Redis {'Cluster ' if cluster else ''}at {server}"
+        self._near = None if near_cache is None else NearCache(near_cache, self._prefix)
+        # Near-cache hits served without the operation decorator, counted into stats().
+        self._near_get_hits = self._near_get_misses = 0
+        self._near_exists_hits = self._near_exists_misses = 0
         # The connections come last: nothing above may fail after they exist.
         self._redis: Commands
         self._retry: RetryPolicy | None = None
         if isinstance(url_or_client, (str, RedisURL)):
             make = functools.partial(make_client, client_url, cluster, options, client_options)
             spec = connection_spec(url, options)
+            # With a near cache every connection tracks the keys it reads.
+            node_options = None if self._near is None else self._near.node_options()
             if cluster:
                 seeds = [(spec.host, spec.port)]
-                self._redis = ClusterCommands(seeds, spec, make)
+                self._redis = ClusterCommands(seeds, spec, make, node_options)
             else:
-                self._redis = NodeCommands(spec, make)
+                self._redis = NodeCommands(spec, make, node_options)
             self._retry = RetryPolicy.equal_jitter(
                 options["retries"], options["backoff_base"], options["backoff_cap"]
             )
@@ -332,9 +361,49 @@ class RedisMemoryStore(BaseMemoryStore[T]):
 
     # -- single keys -----------------------------------------------------------------
 
-    @_operation("get", _hit_or_miss, keyed=True)
     async def get(self, key: str) -> MemoryEntry[T] | None:
-        data = await self._redis.get(self._redis_key(key))
+        near = self._near
+        if near is not None:
+            # A copy is served without the operation decorator (there is no I/O to bind,
+            # retry or translate) and with NearCache.lookup written out: each frame
+            # would add a third to a hit's cost.
+            try:
+                copy = near.core.get(key)
+            except Exception:
+                return await self._get(key)  # not a str: raised and counted there
+            if copy is not None:
+                near.hits += 1
+                if copy.value is ABSENT:
+                    self._near_get_misses += 1
+                    return None
+                self._near_get_hits += 1
+                return copy
+            near.misses += 1
+        return await self._get(key)
+
+    @_operation("get", _hit_or_miss, keyed=True)
+    async def _get(self, key: str) -> MemoryEntry[T] | None:
+        redis_key = self._redis_key(key)
+        near = self._near
+        if near is None:
+            data = await self._redis.get(redis_key)
+        else:
+            keys = (key,)
+            token = near.start_read(keys)
+            read: tuple[MemoryEntry[T] | None] | None = None
+            try:
+                data = await self._redis.get(redis_key)
+                # A CodecError here counts as a failed call only, and fills nothing.
+                read = (None if data is None else self._decode(key, data),)
+            finally:
+                near.finish_read(keys, token, read)
+            entry = read[0]
+            self._gets += 1
+            if entry is None:
+                self._misses += 1
+            else:
+                self._hits += 1
+            return entry
         if data is None:
             self._gets += 1
             self._misses += 1
@@ -360,20 +429,65 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         redis_key = self._redis_key(key)
         px = ttl_milliseconds(ttl_seconds(ttl))
         envelope = self._encode(value, check_metadata(metadata), time.time(), px)
-        await self._redis.set(redis_key, envelope, px)
+        with self._writing((key,)):
+            await self._redis.set(redis_key, envelope, px)
         self._sets += 1
 
     @_operation("delete", _hit_or_miss, keyed=True)
     async def delete(self, key: str) -> bool:
-        removed = await self._redis.unlink([self._redis_key(key)])
+        redis_key = self._redis_key(key)
+        with self._writing((key,)):
+            removed = await self._redis.unlink([redis_key])
         self._deletes += removed
         return bool(removed)
 
-    @_operation("exists", _hit_or_miss, keyed=True)
     async def exists(self, key: str) -> bool:
         """Whether the key holds something: an entry, or a value another client stored
         there (which ``get`` refuses with ``CodecError``)."""
-        return bool(await self._redis.exists(self._redis_key(key)))
+        near = self._near
+        if near is not None:
+            try:
+                found = near.lookup(key)
+            except Exception:
+                found = MISS  # not a str: the decorated path raises and counts it
+            if found is not MISS:
+                if found is None:
+                    self._near_exists_misses += 1
+                    return False
+                self._near_exists_hits += 1
+                return True
+        return await self._exists(key)
+
+    @_operation("exists", _hit_or_miss, keyed=True)
+    async def _exists(self, key: str) -> bool:
+        redis_key = self._redis_key(key)
+        near = self._near
+        if near is None:
+            return bool(await self._redis.exists(redis_key))
+        keys = (key,)
+        token = near.start_read(keys)
+        read: tuple[None] | None = None
+        try:
+            found = bool(await self._redis.exists(redis_key))
+            if not found:
+                read = (None,)  # known absent; a key that exists has no entry to keep
+        finally:
+            near.finish_read(keys, token, read)
+        return found
+
+    @contextlib.contextmanager
+    def _writing(self, keys: Sequence[str]) -> Iterator[None]:
+        """Around a write of ``keys``: their copies are dropped before it leaves and
+        again once it ended (a read in flight meanwhile keeps no copy either)."""
+        near = self._near
+        if near is None:
+            yield
+            return
+        near.drop(keys)
+        try:
+            yield
+        finally:
+            near.drop(keys)
 
     # -- batches -----------------------------------------------------------------------
 
@@ -382,20 +496,39 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         checked = check_keys(keys)
         if not checked:
             return []
-        redis_keys = [self._redis_key(key) for key in checked]
-        values, foreign = await self._redis.get_many(redis_keys)
-        if foreign:
-            await self._refuse_foreign(checked, redis_keys, values)
-        decode = self._decode
-        found = [
-            None if data is None else decode(key, data)
-            for key, data in zip(checked, values, strict=True)
-        ]
+        near = self._near
+        if near is None:
+            found = await self._fetch_many(checked)
+        else:
+            lookup = near.lookup
+            found = [lookup(key) for key in checked]
+            missing = [index for index, entry in enumerate(found) if entry is MISS]
+            if missing:
+                missing_keys = [checked[index] for index in missing]
+                token = near.start_read(missing_keys)
+                read: list[MemoryEntry[T] | None] | None = None
+                try:
+                    read = await self._fetch_many(missing_keys)
+                finally:
+                    near.finish_read(missing_keys, token, read)
+                for index, entry in zip(missing, read, strict=True):
+                    found[index] = entry
         hits = len(found) - found.count(None)
         self._gets += len(found)
         self._hits += hits
         self._misses += len(found) - hits
         return found
+
+    async def _fetch_many(self, keys: list[str]) -> list[MemoryEntry[T] | None]:
+        redis_keys = [self._redis_key(key) for key in keys]
+        values, foreign = await self._redis.get_many(redis_keys)
+        if foreign:
+            await self._refuse_foreign(keys, redis_keys, values)
+        decode = self._decode
+        return [
+            None if data is None else decode(key, data)
+            for key, data in zip(keys, values, strict=True)
+        ]
 
     async def _refuse_foreign(
         self, keys: list[str], redis_keys: list[bytes], values: list[bytes | None]
@@ -426,7 +559,8 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         writes = [
             (self._redis_key(key), self._encode(value, meta, now, px), px) for key, value in pairs
         ]
-        await self._redis.set_many(writes)
+        with self._writing([key for key, _ in pairs]):
+            await self._redis.set_many(writes)
         self._sets += len(pairs)
 
     @_operation("delete_many", batch=True)
@@ -434,7 +568,9 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         checked = check_keys(keys)
         if not checked:
             return 0
-        removed = await self._redis.unlink([self._redis_key(key) for key in checked])
+        redis_keys = [self._redis_key(key) for key in checked]
+        with self._writing(checked):
+            removed = await self._redis.unlink(redis_keys)
         self._deletes += removed
         return removed
 
@@ -501,15 +637,22 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         returns how many keys were removed.
         """
         prefix = check_prefix(pattern)
-        removed = 0
-        batch: list[bytes] = []
-        async for redis_key in self._scan_redis_keys(prefix, _CLEAR_BATCH, retried=False):
-            batch.append(redis_key)
-            if len(batch) >= _CLEAR_BATCH:
+        near = self._near
+        if near is not None:
+            near.drop_prefix(prefix)
+        try:
+            removed = 0
+            batch: list[bytes] = []
+            async for redis_key in self._scan_redis_keys(prefix, _CLEAR_BATCH, retried=False):
+                batch.append(redis_key)
+                if len(batch) >= _CLEAR_BATCH:
+                    removed += await self._redis.unlink(batch)
+                    batch = []
+            if batch:
                 removed += await self._redis.unlink(batch)
-                batch = []
-        if batch:
-            removed += await self._redis.unlink(batch)
+        finally:
+            if near is not None:
+                near.drop_prefix(prefix)
         self._deletes += removed
         return removed
 
@@ -544,15 +687,29 @@ class RedisMemoryStore(BaseMemoryStore[T]):
 
     def stats(self) -> StoreStats:
         fills = self._fill_state()
+        ops = self._ops + fills.operations
+        gets, hits, misses = self._gets, self._hits, self._misses
+        near = self._near
+        if near is not None:
+            # Calls answered by a copy are counted apart (see get): add them in.
+            get_hits, get_misses = self._near_get_hits, self._near_get_misses
+            ops["get", "hit"] += get_hits
+            ops["get", "miss"] += get_misses
+            ops["exists", "hit"] += self._near_exists_hits
+            ops["exists", "miss"] += self._near_exists_misses
+            gets += get_hits + get_misses
+            hits += get_hits
+            misses += get_misses
         return StoreStats(
-            gets=self._gets,
-            hits=self._hits,
-            misses=self._misses,
+            gets=gets,
+            hits=hits,
+            misses=misses,
             sets=self._sets,
             deletes=self._deletes,
             entries=None,
-            operations=operation_counts(self._ops + fills.operations),
+            operations=operation_counts(ops),
             flights=fills.stats(),
+            near_cache=None if near is None else near.stats(),
         )
 
     async def close(self) -> None:
@@ -574,13 +731,16 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             self._redis.renew()
         else:
             await self._redis.aclose()
+        if self._near is not None:
+            self._near.close()
         self._loop = None
 
     def __repr__(self) -> str:
         kind = "cluster " if self._redis.cluster else ""
+        near = "" if self._near is None else f", near_cache={self._near.max_entries}"
         return (
             f"RedisMemoryStore({kind}{self._server}, namespace={self._namespace!r}, "
-            f"codec={codec_name(self._codec)!r})"
+            f"codec={codec_name(self._codec)!r}{near})"
         )
 
     # -- add, touch and get_or_set's cross-process lease --------------------------------
@@ -602,14 +762,15 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         redis_key = self._redis_key(key)
         px = ttl_milliseconds(ttl_seconds(ttl))
         envelope = self._encode(value, check_metadata(metadata), time.time(), px)
-        try:
-            written = await self._redis.set_if_absent(redis_key, envelope, px)
-        except Exception as err:
-            if self._retry is None:
-                raise
-            written = await self._retry.again(
-                lambda: self._add_again(redis_key, envelope, px), err
-            )
+        with self._writing((key,)):
+            try:
+                written = await self._redis.set_if_absent(redis_key, envelope, px)
+            except Exception as err:
+                if self._retry is None:
+                    raise
+                written = await self._retry.again(
+                    lambda: self._add_again(redis_key, envelope, px), err
+                )
         if written:
             self._sets += 1
         return written
@@ -631,9 +792,10 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         redis_key = self._redis_key(key)
         px = ttl_milliseconds(ttl_seconds(ttl))
         expires = time.time() + px / 1000 if px else 0.0  # as the envelope: whole ms
-        found = await self._redis.script(
-            TOUCH, redis_key, px, struct.pack(">d", expires), ENVELOPE_MAGIC
-        )
+        with self._writing((key,)):
+            found = await self._redis.script(
+                TOUCH, redis_key, px, struct.pack(">d", expires), ENVELOPE_MAGIC
+            )
         if found < 0:
             raise CodecError(
                 f"the value at key {key!r} in namespace {self._namespace!r} on "

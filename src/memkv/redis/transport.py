@@ -63,6 +63,10 @@ Arg: TypeAlias = "bytes | str | int | float | bytearray | memoryview"
 Reply: TypeAlias = Any
 #: Called with each RESP3 push message (``[b"invalidate", [key, ...]]``, ...).
 PushCallback: TypeAlias = Callable[[list[Any]], None]
+#: Runs on a new connection after the handshake, before any caller's command (``on_ready``).
+ReadyCallback: TypeAlias = Callable[["Connection"], Awaitable[None]]
+#: Called once when a connection closes, is lost or times out (``on_close``).
+CloseCallback: TypeAlias = Callable[["Connection"], None]
 
 #: Commands whose encoded size reaches this go on a ``Node``'s second connection.
 DEFAULT_BULK_THRESHOLD = 512 * 1024
@@ -345,6 +349,7 @@ class Connection(asyncio.Protocol):
         spec: ConnectionSpec,
         loop: asyncio.AbstractEventLoop,
         on_push: PushCallback | None = None,
+        on_close: CloseCallback | None = None,
     ) -> None:
         self.spec = spec
         #: The protocol in use after the handshake: 3, or 2 if the server lacks HELLO.
@@ -352,6 +357,7 @@ class Connection(asyncio.Protocol):
         #: The server's ``HELLO`` reply (``{b"server": ..., b"version": ...}``), or ``{}``.
         self.server: dict[Any, Any] = {}
         self.on_push = on_push
+        self.on_close = on_close
         self._loop = loop
         # BaseEventLoop.create_future is a Python frame around Future(loop=loop): calling
         # the C Future through a partial saves it on every command. Other loops (uvloop)
@@ -390,18 +396,29 @@ class Connection(asyncio.Protocol):
 
     @classmethod
     async def open(
-        cls, spec: ConnectionSpec, *, on_push: PushCallback | None = None
+        cls,
+        spec: ConnectionSpec,
+        *,
+        on_push: PushCallback | None = None,
+        on_ready: ReadyCallback | None = None,
+        on_close: CloseCallback | None = None,
     ) -> Connection:
         """Connect, negotiate the protocol, authenticate and select the database.
+
+        ``on_ready(connection)`` then runs (within ``connect_timeout``), before the
+        connection is returned, so before any caller's command: a client-side cache
+        turns on ``CLIENT TRACKING`` there. An exception it raises fails the opening
+        (an error reply as for the handshake's). ``on_close(connection)`` is called
+        once when the connection is closed, lost or times out, from the event loop.
 
         Raises ``BackendUnavailableError`` if the server cannot be reached or does not
         finish the handshake within ``connect_timeout``, ``AccessDeniedError`` if it
         refuses the credentials, ``BackendError`` for another refusal (``SELECT`` of a
         database it lacks).
         """
-        connection = cls(spec, asyncio.get_running_loop(), on_push)
+        connection = cls(spec, asyncio.get_running_loop(), on_push, on_close)
         try:
-            await asyncio.wait_for(connection._connect(), spec.connect_timeout)
+            await asyncio.wait_for(connection._connect(on_ready), spec.connect_timeout)
         except asyncio.TimeoutError as err:
             connection._abort()
             if isinstance(err, CommandTimeoutError):
@@ -432,7 +449,7 @@ class Connection(asyncio.Protocol):
             raise
         return connection
 
-    async def _connect(self) -> None:
+    async def _connect(self, on_ready: ReadyCallback | None) -> None:
         spec, loop = self.spec, self._loop
         if spec.path is not None:
             await loop.create_unix_connection(
@@ -456,6 +473,8 @@ class Connection(asyncio.Protocol):
                 await self.execute(b"CLIENT", b"SETNAME", spec.client_name)
         if spec.db:
             await self.execute(b"SELECT", spec.db)
+        if on_ready is not None:
+            await on_ready(self)
 
     def _scrub(self, message: str) -> str:
         """An error text without the password (a server may echo the arguments)."""
@@ -831,6 +850,7 @@ class Connection(asyncio.Protocol):
         for slot in slots:
             if not slot.done():
                 slot.set_exception(self._unusable())
+        self._closed_callback()
 
     def _unusable(self) -> BackendUnavailableError:
         if self._generation != _fork_generation:
@@ -875,6 +895,17 @@ class Connection(asyncio.Protocol):
         self._pending = []
         if self._generation != _fork_generation:
             _INHERITED.append(self)
+        self._closed_callback()
+
+    def _closed_callback(self) -> None:
+        if self.on_close is None:
+            return
+        try:
+            self.on_close(self)
+        except Exception as err:
+            self._loop.call_exception_handler(
+                {"message": "the close callback of a Redis connection failed", "exception": err}
+            )
 
 
 # -- the node -----------------------------------------------------------------------------------
@@ -896,6 +927,10 @@ class Node:
     connections stopped, they are dropped (not closed: the parent may still use them)
     and new ones are opened; while that loop still runs, another loop gets
     ``EventLoopError``.
+
+    ``on_push``, ``on_ready`` and ``on_close`` are given to every connection the node
+    opens (see ``Connection.open``): a connection reaches callers only once
+    ``on_ready`` has run on it.
     """
 
     def __init__(
@@ -903,6 +938,8 @@ class Node:
         spec: ConnectionSpec,
         *,
         on_push: PushCallback | None = None,
+        on_ready: ReadyCallback | None = None,
+        on_close: CloseCallback | None = None,
         bulk_threshold: int | None = DEFAULT_BULK_THRESHOLD,
     ) -> None:
         if bulk_threshold is not None and (type(bulk_threshold) is not int or bulk_threshold < 1):
@@ -911,6 +948,8 @@ class Node:
             )
         self.spec = spec
         self.on_push = on_push
+        self.on_ready = on_ready
+        self.on_close = on_close
         self._bulk_threshold = bulk_threshold if bulk_threshold is not None else 1 << 62
         self._main: Connection | None = None
         self._bulk: Connection | None = None
@@ -990,7 +1029,14 @@ class Node:
             return current
         opening = self._opening.get(bulk)
         if opening is None:
-            opening = loop.create_task(Connection.open(self.spec, on_push=self.on_push))
+            opening = loop.create_task(
+                Connection.open(
+                    self.spec,
+                    on_push=self.on_push,
+                    on_ready=self.on_ready,
+                    on_close=self.on_close,
+                )
+            )
             self._opening[bulk] = opening
             opening.add_done_callback(lambda done: self._opened(bulk, done))
         # Shielded: one cancelled caller must not cancel the attempt the others share.
