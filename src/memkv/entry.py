@@ -77,10 +77,5 @@ class MemoryEntry(Generic[T], metaclass=ABCMeta):
             # The core in use makes the entry (and validates the arguments).
             from memkv._core import MemoryEntry as CoreEntry
 
-            if issubclass(CoreEntry, MemoryEntry):
-                # The pure-Python entry subclasses this class: type.__call__ runs its
-                # __init__ on what we return, and an entry is initialised only once.
-                return object.__new__(CoreEntry)
-            # The compiled entry is only registered: nothing else initialises it.
             return CoreEntry(*args, **kwargs)
         return object.__new__(cls)
