@@ -40,6 +40,7 @@ BAD_VALUES: dict[str, object] = {
     "int": 7,
     "huge int": 2**200,
     "huge negative int": -(2**200),
+    "enormous int": 10**5000,
     "float": 1.5,
     "negative float": -0.5,
     "nan": math.nan,

@@ -294,7 +294,9 @@ def cached(
     seconds = ttl_seconds(ttl)
     refresh, jitter = check_fill_options(_no_factory, seconds, refresh_after, ttl_jitter)
     if key is not None and not callable(key):
-        raise InvalidArgumentError(f"key= must be a callable returning a str, not {key!r}")
+        raise InvalidArgumentError(
+            f"key= must be a callable returning a str, not {type(key).__name__}"
+        )
 
     def decorate(func: Callable[P, Awaitable[R]]) -> CachedFunction[P, R]:
         if not inspect.iscoroutinefunction(func):

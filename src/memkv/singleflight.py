@@ -13,11 +13,10 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable
-from datetime import timedelta
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from memkv.errors import InvalidArgumentError, InvalidTTLError
-from memkv.validation import MAX_TTL_SECONDS
+from memkv.validation import ttl_seconds
 
 __all__ = [
     "Fill",
@@ -203,21 +202,6 @@ class FillState:
         await self.lookups.aclose()
 
 
-def _seconds(name: str, value: object) -> float:
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise InvalidTTLError(
-            f"{name} must be a timedelta, int or float seconds, or None, "
-            f"not {type(value).__name__}"
-        )
-    if not 0 < seconds <= MAX_TTL_SECONDS:
-        raise InvalidTTLError(f"{name} must be positive seconds, got {value!r}")
-    return seconds
-
-
 def check_fill_options(
     factory: object, ttl: float | None, refresh_after: object, ttl_jitter: object
 ) -> tuple[float | None, float]:
@@ -237,12 +221,15 @@ def check_fill_options(
         raise InvalidArgumentError(
             f"ttl_jitter must be a fraction in [0, 1), not {type(ttl_jitter).__name__}"
         )
+    # Compared before float(): an enormous int has no float (nor, past
+    # sys.get_int_max_str_digits(), any decimal text for a message).
+    if not 0 <= ttl_jitter < 1:
+        raise InvalidArgumentError("ttl_jitter must be a fraction in [0, 1)")
     jitter = float(ttl_jitter)
-    if not 0.0 <= jitter < 1.0:
-        raise InvalidArgumentError(f"ttl_jitter must be a fraction in [0, 1), got {ttl_jitter!r}")
     if refresh_after is None:
         return None, jitter
-    refresh = _seconds("refresh_after", refresh_after)
+    refresh = ttl_seconds(refresh_after, "refresh_after")
+    assert refresh is not None
     if ttl is not None and refresh >= ttl * (1.0 - jitter):
         raise InvalidTTLError(
             f"refresh_after ({refresh:g} s) must be below the ttl ({ttl:g} s"

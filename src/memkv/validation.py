@@ -66,8 +66,11 @@ def check_prefix(prefix: object) -> str:
     raise InvalidKeyError(f"a prefix must be str or None, not {type(prefix).__name__}")
 
 
-def ttl_seconds(ttl: object) -> float | None:
-    """Return a TTL in seconds (``None`` for no expiry), or raise ``InvalidTTLError``."""
+def ttl_seconds(ttl: object, name: str = "ttl") -> float | None:
+    """Return a TTL in seconds (``None`` for no expiry), or raise ``InvalidTTLError``.
+
+    ``name`` is the argument the message names (``refresh_after`` checks the same way).
+    """
     if ttl is None:
         return None
     if isinstance(ttl, timedelta):
@@ -76,15 +79,18 @@ def ttl_seconds(ttl: object) -> float | None:
         try:
             seconds = float(ttl)
         except OverflowError:
-            raise InvalidTTLError(f"ttl is too large: {ttl!r}") from None
+            # Not repr(): an int past sys.get_int_max_str_digits() has no decimal text.
+            raise InvalidTTLError(
+                f"{name} must be at most {MAX_TTL_SECONDS:.0f} seconds (100 years)"
+            ) from None
     else:
         raise InvalidTTLError(
-            f"ttl must be a timedelta, int or float seconds, or None, not {type(ttl).__name__}"
+            f"{name} must be a timedelta, int or float seconds, or None, not {type(ttl).__name__}"
         )
     if not 0 < seconds <= MAX_TTL_SECONDS:
         raise InvalidTTLError(
-            f"ttl must be positive and at most {MAX_TTL_SECONDS:.0f} seconds (100 years), "
-            f"got {ttl!r}; use ttl=None for no expiry"
+            f"{name} must be positive and at most {MAX_TTL_SECONDS:.0f} seconds (100 years), "
+            f"got {ttl!r}; use {name}=None for no expiry"
         )
     return seconds
 
@@ -148,8 +154,12 @@ def check_keys(keys: Iterable[object]) -> list[str]:
 def check_batch_size(batch_size: object) -> int:
     """Return ``batch_size`` (at most ``MAX_COUNT``) if it is an int of at least 1, else
     raise ``InvalidArgumentError``."""
-    if type(batch_size) is not int or batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if type(batch_size) is not int:
+        raise InvalidArgumentError(
+            f"batch_size must be an int >= 1, not {type(batch_size).__name__}"
+        )
+    if batch_size < 1:
+        raise InvalidArgumentError("batch_size must be an int >= 1")
     return min(batch_size, MAX_COUNT)
 
 
@@ -166,7 +176,7 @@ def check_max_entries(max_entries: object) -> int | None:
             f"max_entries must be an int or None, not {type(max_entries).__name__}"
         )
     if max_entries < 1:
-        raise InvalidArgumentError(f"max_entries must be at least 1, got {max_entries}")
+        raise InvalidArgumentError("max_entries must be at least 1")
     return max_entries
 
 
