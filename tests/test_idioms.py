@@ -388,6 +388,67 @@ async def test_local_add_has_one_winner_across_threads(core: str) -> None:
     assert sum(won) == 200
 
 
+def test_a_fill_ending_on_one_threads_loop_never_strands_another_loops_callers(
+    core: str,
+) -> None:
+    """Thread A's fill ends and is paused while it unfiles itself; meanwhile thread B runs
+    a whole fill of the same key on its own loop; then A resumes. A's caller must get
+    its value (it used to hang: A removed B's flight, then failed removing its own)."""
+    store = local_store_type(core)()
+    single_flight = store._fill_state().fills
+    paused, resume = threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+
+    def pause_once_inside_finish(frame: Any, event: str, arg: Any) -> Any:
+        if event != "call" or frame.f_code is not type(single_flight)._finish.__code__:
+            return None
+        lines = 0
+
+        def on_line(frame: Any, event: str, arg: Any) -> Any:
+            nonlocal lines
+            if event == "line":
+                lines += 1
+                if lines == 2 and not paused.is_set():
+                    paused.set()
+                    resume.wait(10)
+            return on_line
+
+        return on_line
+
+    async def fill(name: str) -> None:
+        async def factory() -> str:
+            return name
+
+        entry = await asyncio.wait_for(store.get_or_set("k", factory), 5)
+        results[name] = entry.value
+
+    def thread_a() -> None:
+        sys.settrace(pause_once_inside_finish)
+        try:
+            asyncio.run(fill("a"))
+        except BaseException as err:  # reported through results, checked below
+            results["a"] = err
+        finally:
+            sys.settrace(None)
+
+    def thread_b() -> None:
+        paused.wait(10)
+        try:
+            asyncio.run(store.delete("k"))
+            asyncio.run(fill("b"))
+        finally:
+            resume.set()
+
+    threads = [threading.Thread(target=thread_a), threading.Thread(target=thread_b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert paused.is_set()
+    assert results == {"a": "a", "b": "b"}
+    assert len(single_flight) == 0
+
+
 # -- touch ---------------------------------------------------------------------------------
 
 

@@ -83,12 +83,14 @@ class SingleFlight(Generic[R]):
     (its exception is logged), ``aclose()`` cancels and awaits every call that has
     nobody waiting for it.
 
-    Calls are shared per event loop: a caller on another loop runs its own call.
+    Calls are shared per event loop: a caller on another loop runs its own call. Loops
+    in other threads may share one object (each loop's calls are filed apart, so one
+    thread never ends another's); ``joins`` may then miss a few counts.
     """
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._flights: dict[Hashable, _Flight] = {}
+        self._flights: dict[tuple[asyncio.AbstractEventLoop, Hashable], _Flight] = {}
         #: Callers that joined a call another caller had started.
         self.joins = 0
 
@@ -97,8 +99,8 @@ class SingleFlight(Generic[R]):
 
     async def run(self, key: Hashable, call: Callable[[], Awaitable[R]]) -> R:
         loop = asyncio.get_running_loop()
-        flight = self._flights.get(key)
-        if flight is None or flight.loop is not loop:
+        flight = self._flights.get((loop, key))
+        if flight is None:
             flight = self._start(loop, key, call)
         else:
             self.joins += 1
@@ -111,8 +113,7 @@ class SingleFlight(Generic[R]):
         """Run ``call()`` in the background unless a call for ``key`` runs; ``True`` if
         this started one."""
         loop = asyncio.get_running_loop()
-        flight = self._flights.get(key)
-        if flight is not None and flight.loop is loop:
+        if (loop, key) in self._flights:
             return False
         self._start(loop, key, call)
         return True
@@ -128,13 +129,13 @@ class SingleFlight(Generic[R]):
         # The dict keeps the task referenced until it ends (asyncio holds tasks weakly).
         flight.task = loop.create_task(run_call())
         flight.task.add_done_callback(lambda task: self._finish(key, flight, task))
-        # Replaces only a call of another loop, which keeps running for its own callers.
-        self._flights[key] = flight
+        self._flights[loop, key] = flight
         return flight
 
     def _finish(self, key: Hashable, flight: _Flight, task: asyncio.Task[Any]) -> None:
-        if self._flights.get(key) is flight:
-            del self._flights[key]
+        # Only this flight is filed under its (loop, key) until now: no other loop's
+        # thread can have replaced it, so this removes nothing of another's.
+        del self._flights[flight.loop, key]
         waiters = [waiter for waiter in flight.waiters if not waiter.done()]
         if task.cancelled():
             for waiter in waiters:
@@ -161,8 +162,8 @@ class SingleFlight(Generic[R]):
         loop = asyncio.get_running_loop()
         orphans = [
             flight.task
-            for flight in list(self._flights.values())
-            if flight.loop is loop
+            for (flight_loop, _), flight in list(self._flights.items())
+            if flight_loop is loop
             and flight.task is not None
             and not any(not waiter.done() for waiter in flight.waiters)
         ]
