@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import inspect
 import json
 import logging
@@ -770,6 +771,26 @@ def test_cached_refuses_a_function_that_is_not_async() -> None:
         @cached(LocalMemoryStore[Any]())  # type: ignore[arg-type]
         def plain(x: int) -> int:
             return x
+
+
+async def _echo(x: int) -> int:
+    return x
+
+
+@pytest.mark.parametrize(
+    ("wrapped", "message"),
+    [
+        (staticmethod(_echo), "@staticmethod above @cached"),
+        (classmethod(_echo), "@classmethod above @cached"),
+        (functools.partial(_echo, 1), "decorate the async def itself"),
+    ],
+    ids=["staticmethod", "classmethod", "partial"],
+)
+def test_cached_refuses_wrappers_of_an_async_def_with_a_typed_error(
+    wrapped: Any, message: str
+) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        cached(LocalMemoryStore[Any]())(wrapped)
 
 
 @pytest.mark.parametrize(

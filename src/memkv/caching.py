@@ -314,10 +314,23 @@ def cached(
         )
 
     def decorate(func: Callable[P, Awaitable[R]]) -> CachedFunction[P, R]:
+        if isinstance(func, (staticmethod, classmethod)):
+            raise InvalidArgumentError(
+                f"cached() decorates async def functions, not a {type(func).__name__}: "
+                f"put @{type(func).__name__} above @cached"
+            )
         if not inspect.iscoroutinefunction(func):
             raise InvalidArgumentError(
-                f"cached() decorates async def functions; "
-                f"{getattr(func, '__qualname__', func)!r} is not one"
+                f"cached() decorates async def functions, not a {type(func).__name__}"
+            )
+        if not isinstance(getattr(func, "__module__", None), str) or not isinstance(
+            getattr(func, "__qualname__", None), str
+        ):
+            # A functools.partial has neither, and its bound arguments would not be in
+            # the key: partial(f, 1) and partial(f, 2) would share entries.
+            raise InvalidArgumentError(
+                f"cached() needs a function with a __module__ and a __qualname__ for its "
+                f"keys, not a {type(func).__name__}: decorate the async def itself"
             )
         maker = _KeyMaker(func, key)
         make_key = maker.fast_key()
