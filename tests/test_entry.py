@@ -65,7 +65,13 @@ def test_equality_and_repr(entry_type: Any) -> None:
     assert entry == entry
     assert entry != entry_type("k", "other")
     assert "key='k'" in repr(entry)
-    assert "value='v'" in repr(entry)
+
+
+def test_repr_shows_no_stored_value_or_metadata(entry_type: Any) -> None:
+    entry = entry_type("k", "SECRET-VALUE", metadata={"token": "SECRET-META"})
+    shown = repr(entry)
+    assert "SECRET" not in shown
+    assert shown == "MemoryEntry(key='k', value=<str>, expires_at=None, metadata=<1 items>)"
     with pytest.raises(TypeError):
         hash(entry)
 

@@ -335,9 +335,11 @@ cdef class MemoryEntry:
         return self.c_metadata
 
     def __repr__(self):
+        # The value and metadata are the user's data: a repr (in a log line, a
+        # traceback) shows only their shape.
         return (
-            f"MemoryEntry(key={self.key!r}, value={self.value!r}, "
-            f"expires_at={self.expires_at!r}, metadata={self.metadata!r})"
+            f"MemoryEntry(key={self.key!r}, value=<{type(self.value).__name__}>, "
+            f"expires_at={self.expires_at!r}, metadata=<{len(self.metadata)} items>)"
         )
 
     def __eq__(self, other):

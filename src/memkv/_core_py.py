@@ -180,9 +180,11 @@ class MemoryEntry(AnyCoreEntry[T]):
         return None if expires is None else _to_datetime(expires)
 
     def __repr__(self) -> str:
+        # The value and metadata are the user's data: a repr (in a log line, a
+        # traceback) shows only their shape.
         return (
-            f"MemoryEntry(key={self.key!r}, value={self.value!r}, "
-            f"expires_at={self.expires_at!r}, metadata={self.metadata!r})"
+            f"MemoryEntry(key={self.key!r}, value=<{type(self.value).__name__}>, "
+            f"expires_at={self.expires_at!r}, metadata=<{len(self.metadata)} items>)"
         )
 
     def __eq__(self, other: object) -> bool:
