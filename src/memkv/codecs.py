@@ -62,10 +62,16 @@ class _MsgspecCodec:
 
     def encode(self, value: Any) -> bytes:
         try:
-            encoded: bytes = self._encoder.encode(value)
+            return self._encoder.encode(value)  # type: ignore[no-any-return]
+        except (TypeError, OverflowError) as err:
+            # msgspec's own messages for these name a type or a range, never the value.
+            raise _encode_error(self.name, value, f"{type(err).__name__}: {err}") from err
         except Exception as err:
-            raise _encode_error(self.name, value, err) from err
-        return encoded
+            # Others quote the value (UnicodeEncodeError: the character and where it
+            # is) or come from the value's own methods: shown by type only, and raised
+            # outside this block so that the error does not travel with ours.
+            failure: type[Exception] = type(err)
+        raise _encode_error(self.name, value, failure.__name__)
 
     def decode(self, data: bytes) -> Any:
         try:
@@ -114,10 +120,7 @@ class PickleCodec:
             return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as err:
             failure: type[Exception] = type(err)
-        raise CodecError(
-            f"the pickle codec cannot encode a value of type {type(value).__name__}: "
-            f"{failure.__name__}"
-        )
+        raise _encode_error(self.name, value, failure.__name__)
 
     def decode(self, data: bytes) -> Any:
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -133,11 +136,9 @@ class PickleCodec:
         return "PickleCodec()"
 
 
-def _encode_error(name: str, value: object, err: Exception) -> CodecError:
-    # msgspec's messages name types, never the value itself (pickle's do not: see above).
+def _encode_error(name: str, value: object, reason: str) -> CodecError:
     return CodecError(
-        f"the {name} codec cannot encode a value of type {type(value).__name__}: "
-        f"{type(err).__name__}: {err}"
+        f"the {name} codec cannot encode a value of type {type(value).__name__}: {reason}"
     )
 
 
