@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from bench.conftest import GATE, Figure, assert_floor, paired, rate, record, runner
-from bench.test_bench_local import named_core, store_on
+from bench.test_bench_local import store_on
 from memkv import LocalMemoryStore, cached
 
 #: Distinct arguments called in a burst, and calls per burst.
@@ -62,7 +62,7 @@ async def answer(prompt: str) -> str:
 def test_cached_hit_vs_a_plain_get_of_the_same_entry(
     benchmark: Any, loop: asyncio.AbstractEventLoop, core_name: str
 ) -> None:
-    store = store_on(named_core(core_name))
+    store = store_on(core_name)
 
     @cached(store, ttl=3600)
     async def complete(prompt: str) -> str:
@@ -99,7 +99,7 @@ def test_cached_hit_of_two_arguments_vs_a_plain_get(
     benchmark: Any, loop: asyncio.AbstractEventLoop
 ) -> None:
     """The general key path (bind, defaults, encoding), for reference."""
-    store = store_on(named_core("cython"))
+    store = store_on("cython")
 
     @cached(store, ttl=3600)
     async def complete(prompt: str, temperature: float = 0.0) -> str:
@@ -205,7 +205,7 @@ def test_refresh_after_keeps_callers_latency_low(
 ) -> None:
     """50 tasks read one key for 2.5 s: 1 s TTL, refreshed after 0.3 s by a 50 ms
     factory; baseline: the same tasks reading a key that never expires with ``get``."""
-    store = store_on(named_core("cython"))
+    store = store_on("cython")
     calls = 0
 
     async def factory() -> str:
