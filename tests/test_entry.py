@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 import memkv
+import memkv._core
 from memkv.errors import InvalidKeyError, InvalidMetadataError, InvalidTTLError
 from tests.helpers import core_module
 
@@ -89,6 +90,18 @@ async def test_entries_of_either_core_are_memkv_memory_entries(core: str) -> Non
         assert type(entry) is module.MemoryEntry
         assert isinstance(entry, memkv.MemoryEntry)
     assert issubclass(module.MemoryEntry, memkv.MemoryEntry)
+
+
+def test_memory_entry_builds_one_entry_of_either_core_when_it_is_in_use(
+    core: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = core_module(core)
+    monkeypatch.setattr(memkv._core, "MemoryEntry", module.MemoryEntry)
+    entry = memkv.MemoryEntry("k", "v", metadata={"a": 1})
+    assert type(entry) is module.MemoryEntry
+    assert (entry.key, entry.value, entry.metadata) == ("k", "v", {"a": 1})
+    with pytest.raises(InvalidKeyError):
+        memkv.MemoryEntry(5, "v")  # type: ignore[arg-type]
 
 
 def test_memory_entry_builds_an_entry_of_the_core_in_use() -> None:
