@@ -36,11 +36,11 @@ from memkv._counters import CoreCounters, CoreOperations
 from memkv.entry import MemoryEntry as AnyCoreEntry
 from memkv.errors import (
     FrozenEntryError,
-    InvalidArgumentError,
     InvalidTTLError,
     ReentrantCallError,
 )
 from memkv.validation import (
+    bad_clock_reading,
     check_clock,
     check_items,
     check_key,
@@ -304,10 +304,14 @@ class LocalCore:
 
     def now(self) -> float:
         """Current store time: UNIX seconds advanced by the injected clock."""
-        now = self._clock() + self._offset
+        reading = self._clock()
+        try:
+            now = reading + self._offset
+        except (TypeError, OverflowError):  # not a number, or an int past any float
+            raise bad_clock_reading(reading) from None
         if not math.isfinite(now):
             # NaN or an infinite deadline would break the expiry heap's order.
-            raise InvalidArgumentError("the clock returned a time that is not finite")
+            raise bad_clock_reading(now)
         return now
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_COUNT",
     "MAX_TTL_SECONDS",
+    "bad_clock_reading",
     "check_batch_size",
     "check_clock",
     "check_items",
@@ -195,12 +196,26 @@ def check_clock(clock: object) -> Callable[[], float] | None:
         )
     now = clock()
     if isinstance(now, bool) or not isinstance(now, (int, float)):
-        raise InvalidArgumentTypeError(
-            f"clock must return int or float seconds, not {type(now).__name__}"
-        )
-    if not math.isfinite(now):
-        raise InvalidArgumentError(f"clock must return finite seconds, got {now!r}")
+        raise bad_clock_reading(now)
+    try:
+        finite = math.isfinite(now)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite:
+        raise bad_clock_reading(now)
     return clock
+
+
+def bad_clock_reading(reading: object) -> InvalidArgumentError | InvalidArgumentTypeError:
+    """The error for a clock reading that is not finite ``int``/``float`` seconds (at
+    construction, or when a core's ``now + offset`` fails): a reading of another type
+    is an ``InvalidArgumentTypeError``, a number that is not finite (NaN, an infinity,
+    an int too large for a float) an ``InvalidArgumentError``."""
+    if isinstance(reading, bool) or not isinstance(reading, (int, float)):
+        return InvalidArgumentTypeError(
+            f"the clock must return int or float seconds, not {type(reading).__name__}"
+        )
+    return InvalidArgumentError("the clock returned a time that is not finite")
 
 
 def check_store(store: object) -> MemoryStore[Any]:
