@@ -267,9 +267,10 @@ def cached(
     signature, defaults applied, and encoded canonically (``encode_value``: ``None``,
     ``bool``, ``int``, ``float``, ``str``, ``bytes``, enum members, and tuples, lists,
     dicts, sets and frozensets of those); an encoding longer than 200 characters is
-    replaced by its SHA-256. A method's first parameter named ``self`` or ``cls`` is
-    left out of the key, so every instance shares the entries (put what tells
-    instances apart in the arguments, or in ``key=``). An argument with no stable
+    replaced by its SHA-256. Closures made by one ``def`` share a qualified name, so
+    they share keys: give each its own ``key=``. A method's first parameter named
+    ``self`` or ``cls`` is left out of the key, so every instance shares the entries
+    (put what tells instances apart in the arguments, or in ``key=``). An argument with no stable
     encoding raises ``InvalidKeyError`` naming it. ``key``, a callable taking the
     function's arguments (``self`` included) and returning a ``str``, replaces all of
     this: its result is the key, as is.
