@@ -58,16 +58,11 @@ async def answer(prompt: str) -> str:
     return prompt.upper()
 
 
-@pytest.mark.parametrize("core_name", ["cython", "python"])
-def test_cached_hit_vs_a_plain_get_of_the_same_entry(
-    benchmark: Any, loop: asyncio.AbstractEventLoop, core_name: str
-) -> None:
-    store = store_on(core_name)
-
-    @cached(store, ttl=3600)
-    async def complete(prompt: str) -> str:
-        return await answer(prompt)
-
+def hits_vs_gets(
+    loop: asyncio.AbstractEventLoop, store: Any, complete: Any
+) -> tuple[list[str], float, float]:
+    """Fill ``complete``'s entries, then time its hits against awaited ``get``s of the
+    same entries (alternate rounds): the call order and both times."""
     order = call_order()
     loop.run_until_complete(call_each(complete))
     keys = [complete.key_for(name) for name in order]
@@ -78,6 +73,20 @@ def test_cached_hit_vs_a_plain_get_of_the_same_entry(
             await get(key)
 
     subject, baseline = paired(burst(loop, complete, order), runner(loop, plain_gets))
+    return order, subject, baseline
+
+
+@pytest.mark.parametrize("core_name", ["cython", "python"])
+def test_cached_hit_vs_a_plain_get_of_the_same_entry(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, core_name: str
+) -> None:
+    store = store_on(core_name)
+
+    @cached(store, ttl=3600)
+    async def complete(prompt: str) -> str:
+        return await answer(prompt)
+
+    order, subject, baseline = hits_vs_gets(loop, store, complete)
     ratio = subject / baseline
     goal = core_name == "cython"
     record(
@@ -105,16 +114,7 @@ def test_cached_hit_of_two_arguments_vs_a_plain_get(
     async def complete(prompt: str, temperature: float = 0.0) -> str:
         return await answer(prompt)
 
-    order = call_order()
-    loop.run_until_complete(call_each(complete))
-    keys = [complete.key_for(name) for name in order]
-
-    async def plain_gets() -> None:
-        get = store.get
-        for key in keys:
-            await get(key)
-
-    subject, baseline = paired(burst(loop, complete, order), runner(loop, plain_gets))
+    order, subject, baseline = hits_vs_gets(loop, store, complete)
     ratio = subject / baseline
     record(
         Figure(

@@ -24,7 +24,16 @@ from click.testing import CliRunner
 from opentelemetry.metrics import get_meter
 
 import memkv
-from memkv import LocalMemoryStore, MemoryManager, MemoryStore, _core_py, codecs, metrics, urls
+from memkv import (
+    LocalMemoryStore,
+    MemoryManager,
+    MemoryStore,
+    _core_py,
+    caching,
+    codecs,
+    metrics,
+    urls,
+)
 from memkv.cli import cli
 from memkv.errors import MemKVError
 from memkv.integrations.langchain import MemkvByteStore, MemkvStore
@@ -40,6 +49,7 @@ BAD_VALUES: dict[str, object] = {
     "int": 7,
     "huge int": 2**200,
     "huge negative int": -(2**200),
+    "enormous int": 10**5000,
     "float": 1.5,
     "negative float": -0.5,
     "nan": math.nan,
@@ -242,6 +252,11 @@ MODULE_FUNCTIONS: dict[ModuleType, dict[str, dict[str, Arg] | str]] = {
         },
         "StoreURL": "a type alias",
     },
+    caching: {
+        "CachedFunction": "a Protocol: test_bad_input_to_a_cached_function walks one",
+        "cached": "walked in memkv's table",
+        "encode_value": {"value": given(1)},
+    },
     metrics: {
         "StoreSample": "a NamedTuple the exporters fill in",
         "StoreSource": "a type alias",
@@ -281,6 +296,8 @@ class Call:
     kwargs: dict[str, object]
 
     def function(self, owner: object) -> Callable[..., Any]:
+        if self.name == "__call__":
+            return cast(Callable[..., Any], owner)
         return callable_named(owner, self.name)
 
 
@@ -444,6 +461,34 @@ async def test_bad_input_to_a_module_function(module: ModuleType) -> None:
     assert calls
     for call in calls:
         await call_badly(call, module, keep=None)
+
+
+@pytest.mark.parametrize("manager", [False, True], ids=["store", "manager"])
+async def test_bad_input_to_a_cached_function(manager: bool) -> None:
+    """Every argument of a decorated function, of its ``invalidate`` and ``key_for``."""
+    seeded: LocalMemoryStore[Any] = LocalMemoryStore()
+    await seeded.set_many(SEEDS)
+    target: Any = seeded
+    if manager:
+        target = MemoryManager()
+        target.register_store("main", seeded, default=True)
+
+    @memkv.cached(target, ttl=60)
+    async def probe(x: object, y: object = 1, *, z: object = None) -> str:
+        return "computed"
+
+    table = {"x": given("probe"), "y": given(1), "z": given(None)}
+    for name in ("__call__", "invalidate", "key_for"):
+        function = probe if name == "__call__" else getattr(probe, name)
+        for bad_name in table:
+            for value_id, bad in BAD_VALUES.items():
+                kwargs = {
+                    param: bad if param == bad_name else arg.valid()
+                    for param, arg in table.items()
+                }
+                call = Call(f"{name}({bad_name}={value_id})", "__call__", [], kwargs)
+                await call_badly(call, function, keep=None)
+                await assert_seeds_kept(seeded, call.label)
 
 
 # -- the command line ---------------------------------------------------------------------

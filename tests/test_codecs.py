@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from typing import Any
 
@@ -74,6 +75,27 @@ def test_unencodable_value_is_a_codec_error_that_does_not_echo_the_value() -> No
             encode_value(resolve_codec(name), {"x": Secret(), "f": lambda: None})
         assert isinstance(info.value, TypeError)
         assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["msgpack", "json"])
+def test_msgspec_failures_quote_no_part_of_the_value(name: str) -> None:
+    @dataclasses.dataclass
+    class Leaky:
+        x: int = 1
+
+        def __getattribute__(self, name: str) -> Any:
+            if name == "x":
+                raise ValueError("hunter2 from the value's own method")
+            return object.__getattribute__(self, name)
+
+    for value in ({"k": "hunter2\udcff"}, {"k": Leaky()}):
+        with pytest.raises(CodecError) as info:
+            encode_value(resolve_codec(name), value)
+        assert "hunter2" not in str(info.value)
+        assert "udcff" not in str(info.value)
+        assert "\udcff" not in str(info.value)
+        assert info.value.__cause__ is None
+        assert info.value.__context__ is None
 
 
 def test_pickle_failures_quote_neither_the_value_nor_chain_pickles_message() -> None:

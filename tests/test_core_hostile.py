@@ -46,6 +46,7 @@ import memkv
 from memkv.errors import (
     FrozenEntryError,
     InvalidArgumentError,
+    InvalidArgumentTypeError,
     MemKVError,
     ReentrantCallError,
 )
@@ -217,19 +218,48 @@ def test_a_clock_that_raises_changes_nothing(core: str, operation: str) -> None:
     assert_core_works(subject)
 
 
-@pytest.mark.parametrize("reading", [float("nan"), float("inf"), float("-inf")])
-def test_a_clock_reading_that_is_not_finite_is_refused(core: str, reading: float) -> None:
+@pytest.mark.parametrize(
+    ("reading", "error"),
+    [
+        (float("nan"), InvalidArgumentError),
+        (float("inf"), InvalidArgumentError),
+        (float("-inf"), InvalidArgumentError),
+        (10**400, InvalidArgumentError),  # an int no float holds
+        ("1000", InvalidArgumentTypeError),
+        (None, InvalidArgumentTypeError),
+    ],
+    ids=["nan", "inf", "-inf", "huge int", "str", "None"],
+)
+def test_a_clock_reading_that_is_not_finite_seconds_is_refused(
+    core: str, reading: object, error: type[Exception]
+) -> None:
     clock = FakeClock()
     subject = core_module(core).LocalCore(None, clock)
     subject.set("k", "v", 5)
-    clock.now = reading
-    with pytest.raises(InvalidArgumentError):
+    clock.now = reading  # type: ignore[assignment]
+    with pytest.raises(error):
         subject.set("n", "v", 5)
-    with pytest.raises(InvalidArgumentError):
+    with pytest.raises(error):
         subject.get("k")
     clock.now = 1000.0
     assert [entry.key for entry in subject.get_many(["k", "n"]) if entry] == ["k"]
     assert_core_works(subject)
+
+
+@pytest.mark.parametrize(
+    ("reading", "error"),
+    [
+        (float("nan"), InvalidArgumentError),
+        (10**400, InvalidArgumentError),
+        ("1000", InvalidArgumentTypeError),
+    ],
+    ids=["nan", "huge int", "str"],
+)
+def test_a_clock_whose_first_reading_is_not_finite_seconds_is_refused_at_construction(
+    core: str, reading: object, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        core_module(core).LocalCore(None, lambda: reading)
 
 
 # -- entries the store holds --------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 import memkv
+import memkv._core
 from memkv.errors import InvalidKeyError, InvalidMetadataError, InvalidTTLError
 from tests.helpers import core_module
 
@@ -65,7 +66,13 @@ def test_equality_and_repr(entry_type: Any) -> None:
     assert entry == entry
     assert entry != entry_type("k", "other")
     assert "key='k'" in repr(entry)
-    assert "value='v'" in repr(entry)
+
+
+def test_repr_shows_no_stored_value_or_metadata(entry_type: Any) -> None:
+    entry = entry_type("k", "SECRET-VALUE", metadata={"token": "SECRET-META"})
+    shown = repr(entry)
+    assert "SECRET" not in shown
+    assert shown == "MemoryEntry(key='k', value=<str>, expires_at=None, metadata=<1 items>)"
     with pytest.raises(TypeError):
         hash(entry)
 
@@ -83,6 +90,18 @@ async def test_entries_of_either_core_are_memkv_memory_entries(core: str) -> Non
         assert type(entry) is module.MemoryEntry
         assert isinstance(entry, memkv.MemoryEntry)
     assert issubclass(module.MemoryEntry, memkv.MemoryEntry)
+
+
+def test_memory_entry_builds_one_entry_of_either_core_when_it_is_in_use(
+    core: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = core_module(core)
+    monkeypatch.setattr(memkv._core, "MemoryEntry", module.MemoryEntry)
+    entry = memkv.MemoryEntry("k", "v", metadata={"a": 1})
+    assert type(entry) is module.MemoryEntry
+    assert (entry.key, entry.value, entry.metadata) == ("k", "v", {"a": 1})
+    with pytest.raises(InvalidKeyError):
+        memkv.MemoryEntry(5, "v")  # type: ignore[arg-type]
 
 
 def test_memory_entry_builds_an_entry_of_the_core_in_use() -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
+import inspect
 import json
 import logging
 import os
@@ -387,6 +389,67 @@ async def test_local_add_has_one_winner_across_threads(core: str) -> None:
     assert sum(won) == 200
 
 
+def test_a_fill_ending_on_one_threads_loop_never_strands_another_loops_callers(
+    core: str,
+) -> None:
+    """Thread A's fill ends and is paused while it unfiles itself; meanwhile thread B runs
+    a whole fill of the same key on its own loop; then A resumes. A's caller must get
+    its value (it used to hang: A removed B's flight, then failed removing its own)."""
+    store = local_store_type(core)()
+    single_flight = store._fill_state().fills
+    paused, resume = threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+
+    def pause_once_inside_finish(frame: Any, event: str, arg: Any) -> Any:
+        if event != "call" or frame.f_code is not type(single_flight)._finish.__code__:
+            return None
+        lines = 0
+
+        def on_line(frame: Any, event: str, arg: Any) -> Any:
+            nonlocal lines
+            if event == "line":
+                lines += 1
+                if lines == 2 and not paused.is_set():
+                    paused.set()
+                    resume.wait(10)
+            return on_line
+
+        return on_line
+
+    async def fill(name: str) -> None:
+        async def factory() -> str:
+            return name
+
+        entry = await asyncio.wait_for(store.get_or_set("k", factory), 5)
+        results[name] = entry.value
+
+    def thread_a() -> None:
+        sys.settrace(pause_once_inside_finish)
+        try:
+            asyncio.run(fill("a"))
+        except BaseException as err:  # reported through results, checked below
+            results["a"] = err
+        finally:
+            sys.settrace(None)
+
+    def thread_b() -> None:
+        paused.wait(10)
+        try:
+            asyncio.run(store.delete("k"))
+            asyncio.run(fill("b"))
+        finally:
+            resume.set()
+
+    threads = [threading.Thread(target=thread_a), threading.Thread(target=thread_b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert paused.is_set()
+    assert results == {"a": "a", "b": "b"}
+    assert len(single_flight) == 0
+
+
 # -- touch ---------------------------------------------------------------------------------
 
 
@@ -523,7 +586,7 @@ async def test_cached_calls_the_function_once_per_argument_and_binds_them(
     assert await add(1, y=2) == 3
     assert await add(2) == 4
     assert calls == [(1, 2), (2, 2)]
-    assert add.key_for(1) == add.key_for(x=1, y=2) == f"{__name__}.{add.__qualname__}(i1,i2)"
+    assert add.key_for(1) == add.key_for(x=1, y=2) == f"{__name__}:{add.__qualname__}(i1,i2)"
 
 
 async def test_cached_concurrent_calls_run_the_function_once(harness: StoreHarness) -> None:
@@ -595,7 +658,12 @@ class Colour(enum.Enum):
         ({"b": 1, "a": 2}, "d(s1:a=i2,s1:b=i1)"),
         (frozenset({3, 1}), "z(i1,i3)"),
         ({2, 1}, "z(i1,i2)"),
-        (Colour.RED, f"e{len(__name__) + 11}:{__name__}.Colour.RED"),
+        (Colour.RED, f"e{len(__name__) + 11}:{__name__}:Colour.RED"),
+        (10**50 - 1, "i" + "9" * 50),
+        (10**50, f"x{10**50:x}"),
+        (-(2**1000), "x-1" + "0" * 250),
+        (-0.0, "f-0.0"),
+        (float("nan"), "fnan"),
     ],
 )
 def test_encode_value_is_canonical(value: Any, encoded: str) -> None:
@@ -679,7 +747,7 @@ async def test_cached_methods_leave_self_out_of_the_key() -> None:
     assert await first.find("x") == "x via first"
     assert await second.find("x") == "x via first"
     assert computed == ["first"]
-    assert Repository.find.key_for("x") == f"{__name__}.{Repository.find.__qualname__}(s1:x)"
+    assert Repository.find.key_for("x") == f"{__name__}:{Repository.find.__qualname__}(s1:x)"
     assert await Repository.find.invalidate("x") is True
     assert await second.find("x") == "x via second"
 
@@ -703,6 +771,26 @@ def test_cached_refuses_a_function_that_is_not_async() -> None:
         @cached(LocalMemoryStore[Any]())  # type: ignore[arg-type]
         def plain(x: int) -> int:
             return x
+
+
+async def _echo(x: int) -> int:
+    return x
+
+
+@pytest.mark.parametrize(
+    ("wrapped", "message"),
+    [
+        (staticmethod(_echo), "@staticmethod above @cached"),
+        (classmethod(_echo), "@classmethod above @cached"),
+        (functools.partial(_echo, 1), "decorate the async def itself"),
+    ],
+    ids=["staticmethod", "classmethod", "partial"],
+)
+def test_cached_refuses_wrappers_of_an_async_def_with_a_typed_error(
+    wrapped: Any, message: str
+) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        cached(LocalMemoryStore[Any]())(wrapped)
 
 
 @pytest.mark.parametrize(
@@ -929,6 +1017,91 @@ async def test_cached_wrapper_keeps_defaults_keywords_and_a_float_argument() -> 
         await scale()  # type: ignore[call-arg]
 
 
+def test_encode_value_refuses_what_it_cannot_encode_with_a_typed_error() -> None:
+    nested: list[Any] = []
+    for _ in range(100_000):
+        nested = [nested]
+    looped: list[Any] = []
+    looped.append(looped)
+    for value in (object(), bytearray(b"x"), nested, looped, {1: {2: object()}}):
+        with pytest.raises(InvalidKeyError):
+            encode_value(value)
+
+
+async def test_cached_keys_of_equal_arguments_of_other_types_differ() -> None:
+    store = LocalMemoryStore[Any]()
+
+    @cached(store)
+    async def echo(x: Any) -> str:
+        return repr(x)
+
+    for value in (1, True, 1.0, "1", b"1", (1,), [1], {1}, frozenset({1}) | {2}, {1: 1}):
+        assert await echo(value) == repr(value)
+
+
+async def test_cached_key_of_an_int_past_the_str_digit_limit_is_its_hex() -> None:
+    store = LocalMemoryStore[Any]()
+
+    @cached(store)
+    async def double(x: int, y: int = 0) -> int:
+        return 2 * x
+
+    huge = 10**5000  # no decimal text under sys.get_int_max_str_digits()'s default
+    assert await double(huge) == 2 * huge
+    assert await double(-huge, 1) == -2 * huge
+    assert await double(huge) == 2 * huge
+    assert len(store) == 2
+
+
+async def test_cached_functions_of_a_module_and_a_same_named_class_do_not_share_keys() -> None:
+    store = LocalMemoryStore[Any]()
+
+    async def in_module(x: int) -> str:
+        return "module a.b, function f"
+
+    async def in_class(x: int) -> str:
+        return "module a, class b, method f"
+
+    in_module.__module__, in_module.__qualname__ = "a.b", "f"
+    in_class.__module__, in_class.__qualname__ = "a", "b.f"
+    module_f, class_f = cached(store)(in_module), cached(store)(in_class)
+    assert module_f.key_for(1) != class_f.key_for(1)
+    assert await module_f(1) == "module a.b, function f"
+    assert await class_f(1) == "module a, class b, method f"
+
+
+async def test_cached_function_may_name_its_parameters_type_and_str() -> None:
+    store = LocalMemoryStore[Any]()
+
+    @cached(store)
+    async def kind(type: str) -> str:
+        return f"kind {type}"
+
+    @cached(store)
+    async def pair(str: str, type: int = 1) -> str:
+        return f"{str}/{type}"
+
+    assert [await kind("a"), await kind("a"), await kind(type="b")] == ["kind a"] * 2 + ["kind b"]
+    assert [await pair("x"), await pair("x", 2), await pair("x")] == ["x/1", "x/2", "x/1"]
+
+
+async def test_cached_wrapper_keeps_the_functions_metadata() -> None:
+    store = LocalMemoryStore[Any]()
+
+    async def lookup(item: str, *, limit: int = 3) -> list[str]:
+        """Look an item up."""
+        return [item] * limit
+
+    lookup.marker = "kept"  # type: ignore[attr-defined]
+    for function in (lookup, test_cached_function_without_arguments_has_one_entry):
+        wrapped = cached(store)(function)
+        for name in ("__module__", "__name__", "__qualname__", "__doc__", "__annotations__"):
+            assert getattr(wrapped, name) == getattr(function, name), name
+        assert wrapped.__wrapped__ is function  # type: ignore[attr-defined]
+        assert inspect.signature(wrapped) == inspect.signature(function)
+    assert cached(store)(lookup).marker == "kept"  # type: ignore[attr-defined]
+
+
 async def test_cached_function_without_arguments_has_one_entry() -> None:
     store = LocalMemoryStore[Any]()
     calls = 0
@@ -941,4 +1114,4 @@ async def test_cached_function_without_arguments_has_one_entry() -> None:
 
     assert [await constant() for _ in range(3)] == [42, 42, 42]
     assert calls == 1
-    assert constant.key_for() == f"{__name__}.{constant.__qualname__}()"
+    assert constant.key_for() == f"{__name__}:{constant.__qualname__}()"

@@ -121,6 +121,11 @@ def test_from_urls_with_unknown_default_raises() -> None:
         MemoryManager.from_urls({"local": "memory://"}, default="other")
 
 
+def test_from_urls_refuses_a_name_that_is_not_str_before_the_default() -> None:
+    with pytest.raises(StoreNotFoundError, match="store names must be str"):
+        MemoryManager.from_urls({1: "memory://", "local": "memory://"}, default="other")  # type: ignore[dict-item]
+
+
 async def test_a_third_party_store_needs_only_four_methods() -> None:
     from collections.abc import AsyncIterator, Mapping
 

@@ -49,12 +49,12 @@ from memkv._counters import CoreCounters, CoreOperations
 from memkv.entry import MemoryEntry as AnyCoreEntry
 from memkv.errors import (
     FrozenEntryError,
-    InvalidArgumentError,
     InvalidTTLError,
     ReentrantCallError,
 )
 from memkv.validation import (
     MAX_TTL_SECONDS,
+    bad_clock_reading,
     check_clock,
     check_key,
     check_keys,
@@ -335,9 +335,11 @@ cdef class MemoryEntry:
         return self.c_metadata
 
     def __repr__(self):
+        # The value and metadata are the user's data: a repr (in a log line, a
+        # traceback) shows only their shape.
         return (
-            f"MemoryEntry(key={self.key!r}, value={self.value!r}, "
-            f"expires_at={self.expires_at!r}, metadata={self.metadata!r})"
+            f"MemoryEntry(key={self.key!r}, value=<{type(self.value).__name__}>, "
+            f"expires_at={self.expires_at!r}, metadata=<{len(self.metadata)} items>)"
         )
 
     def __eq__(self, other):
@@ -934,10 +936,15 @@ cdef class LocalCore:
         return self.read_clock()
 
     cdef double read_clock(self) except? -1.0:
-        cdef double now = self.clock() + self.offset
+        cdef double now
+        reading = self.clock()
+        try:
+            now = reading + self.offset
+        except (TypeError, OverflowError):  # not a number, or an int past any float
+            raise bad_clock_reading(reading) from None
         if not isfinite(now):
             # NaN or an infinite deadline would break the expiry heap's order.
-            raise InvalidArgumentError("the clock returned a time that is not finite")
+            raise bad_clock_reading(now)
         return now
 
     # -- the critical section: clock read plus update, atomic ----------------------

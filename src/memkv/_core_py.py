@@ -36,11 +36,11 @@ from memkv._counters import CoreCounters, CoreOperations
 from memkv.entry import MemoryEntry as AnyCoreEntry
 from memkv.errors import (
     FrozenEntryError,
-    InvalidArgumentError,
     InvalidTTLError,
     ReentrantCallError,
 )
 from memkv.validation import (
+    bad_clock_reading,
     check_clock,
     check_items,
     check_key,
@@ -180,9 +180,11 @@ class MemoryEntry(AnyCoreEntry[T]):
         return None if expires is None else _to_datetime(expires)
 
     def __repr__(self) -> str:
+        # The value and metadata are the user's data: a repr (in a log line, a
+        # traceback) shows only their shape.
         return (
-            f"MemoryEntry(key={self.key!r}, value={self.value!r}, "
-            f"expires_at={self.expires_at!r}, metadata={self.metadata!r})"
+            f"MemoryEntry(key={self.key!r}, value=<{type(self.value).__name__}>, "
+            f"expires_at={self.expires_at!r}, metadata=<{len(self.metadata)} items>)"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -302,10 +304,14 @@ class LocalCore:
 
     def now(self) -> float:
         """Current store time: UNIX seconds advanced by the injected clock."""
-        now = self._clock() + self._offset
+        reading = self._clock()
+        try:
+            now = reading + self._offset
+        except (TypeError, OverflowError):  # not a number, or an int past any float
+            raise bad_clock_reading(reading) from None
         if not math.isfinite(now):
             # NaN or an infinite deadline would break the expiry heap's order.
-            raise InvalidArgumentError("the clock returned a time that is not finite")
+            raise bad_clock_reading(now)
         return now
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:

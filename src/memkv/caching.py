@@ -1,6 +1,6 @@
 """``cached``: an async function's results kept in a memkv store, keyed by its arguments.
 
-The key of a call is ``"{module}.{qualname}({arguments})"``, where the arguments are
+The key of a call is ``"{module}:{qualname}({arguments})"``, where the arguments are
 bound to the function's signature (so ``f(1)`` and ``f(x=1)`` share a key), defaults
 applied, and encoded by ``encode_arguments``: a canonical text that depends on the values
 only, never on ``hash()`` or ``repr`` of arbitrary objects, so every process computes
@@ -10,6 +10,7 @@ the same key for the same call and processes sharing a Redis share the entries.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
@@ -35,11 +36,11 @@ _RECENT_KEYS = 1024
 _INT_INLINE = 10**50
 
 
-class _Unencodable(Exception):
+class _Unencodable(InvalidKeyError):
     """A value ``encode_value`` has no stable encoding for."""
 
     def __init__(self, value: object) -> None:
-        super().__init__(type(value).__name__)
+        super().__init__(f"no stable encoding for a {type(value).__name__}")
         self.value = value
 
 
@@ -47,19 +48,31 @@ def encode_value(value: object) -> str:
     """The canonical text of ``value``, the same in every process and Python run.
 
     ``None`` is ``N``, ``True``/``False`` are ``T``/``F``, an ``int`` is ``i`` and its
-    decimal digits, a ``float`` is ``f`` and its ``repr`` (the shortest round-trip
+    decimal digits (``x`` and its hex digits from 10**50 in magnitude: the decimal
+    text of an int is limited by ``sys.set_int_max_str_digits()``, a per-process
+    setting), a ``float`` is ``f`` and its ``repr`` (the shortest round-trip
     text), a ``str`` is ``s``, its length, ``:`` and itself, ``bytes`` are ``b`` and
-    their hex digits, an ``Enum`` member is ``e`` and the ``s``-encoding of
-    ``module.qualname.member``; a ``tuple``/``list`` is ``t(...)``/``l(...)`` of its
+    their hex digits, an ``Enum`` member is ``e``, the length and text
+    of ``module:qualname.member``; a ``tuple``/``list`` is ``t(...)``/``l(...)`` of its
     items, a ``dict`` ``d(k=v,...)`` and a ``set``/``frozenset`` ``z(...)``, sorted by
     their encodings. Types are exact (``1``, ``1.0`` and ``True`` differ; subclasses
-    other than enums are refused). Anything else raises ``_Unencodable``.
+    other than enums are refused). Anything else, and containers nested too deeply
+    (or holding themselves), raise ``InvalidKeyError``.
     """
+    try:
+        return _encode_value(value)
+    except RecursionError:
+        raise InvalidKeyError("no stable encoding: containers nested too deeply") from None
+
+
+def _encode_value(value: object) -> str:
     kind = type(value)
     if kind is str:
         return f"s{len(value)}:{value}"  # type: ignore[arg-type]
     if kind is int:
-        return f"i{value}"
+        if -_INT_INLINE < value < _INT_INLINE:  # type: ignore[operator]
+            return f"i{value}"
+        return f"x{value:x}"
     if value is None:
         return "N"
     if kind is bool:
@@ -69,17 +82,17 @@ def encode_value(value: object) -> str:
     if kind is bytes:
         return "b" + bytes.hex(value)  # type: ignore[arg-type]
     if kind is tuple or kind is list:
-        items = ",".join([encode_value(item) for item in value])  # type: ignore[attr-defined]
+        items = ",".join([_encode_value(item) for item in value])  # type: ignore[attr-defined]
         return f"{'t' if kind is tuple else 'l'}({items})"
     if kind is dict:
         pairs = sorted(
-            [f"{encode_value(k)}={encode_value(v)}" for k, v in value.items()]  # type: ignore[attr-defined]
+            [f"{_encode_value(k)}={_encode_value(v)}" for k, v in value.items()]  # type: ignore[attr-defined]
         )
         return f"d({','.join(pairs)})"
     if kind is frozenset or kind is set:
-        return f"z({','.join(sorted([encode_value(item) for item in value]))})"  # type: ignore[attr-defined]
+        return f"z({','.join(sorted([_encode_value(item) for item in value]))})"  # type: ignore[attr-defined]
     if isinstance(value, enum.Enum):
-        name = f"{kind.__module__}.{kind.__qualname__}.{value.name}"
+        name = f"{kind.__module__}:{kind.__qualname__}.{value.name}"
         return f"e{len(name)}:{name}"
     raise _Unencodable(value)
 
@@ -106,7 +119,9 @@ class _KeyMaker:
     ``inspect.Signature.bind``."""
 
     def __init__(self, func: Callable[..., Any], key: Callable[..., str] | None) -> None:
-        self._prefix = f"{func.__module__}.{func.__qualname__}"
+        # ":" ends the module name (which never holds one): module "a.b" with function
+        # "f" and module "a" with class "b" and method "f" must not share keys.
+        self._prefix = f"{func.__module__}:{func.__qualname__}"
         self._custom = key
         self._signature = signature = inspect.signature(func)
         parameters = list(signature.parameters.values())
@@ -170,7 +185,7 @@ class _KeyMaker:
 
     def _encode(self, values: tuple[Any, ...]) -> str:
         try:
-            encoded = ",".join([encode_value(value) for value in values])
+            encoded = ",".join([_encode_value(value) for value in values])
         except (_Unencodable, RecursionError):
             raise self._unencodable(values) from None
         if len(encoded) > MAX_ENCODED_ARGUMENTS:
@@ -221,7 +236,7 @@ class _KeyMaker:
         names = self._names[1:] if self.skips_first else self._names
         for name, value in zip(names, values, strict=False):
             try:
-                encode_value(value)
+                _encode_value(value)
             except (_Unencodable, RecursionError) as err:
                 what = type(err.value).__name__ if isinstance(err, _Unencodable) else "nesting"
                 return InvalidKeyError(
@@ -248,13 +263,14 @@ def cached(
     ``ttl_jitter``, so concurrent calls with the same arguments run it once (across
     processes on Redis) and ``refresh_after`` refreshes in the background.
 
-    Keys are ``"{module}.{qualname}({arguments})"`` with the arguments bound to the
+    Keys are ``"{module}:{qualname}({arguments})"`` with the arguments bound to the
     signature, defaults applied, and encoded canonically (``encode_value``: ``None``,
     ``bool``, ``int``, ``float``, ``str``, ``bytes``, enum members, and tuples, lists,
     dicts, sets and frozensets of those); an encoding longer than 200 characters is
-    replaced by its SHA-256. A method's first parameter named ``self`` or ``cls`` is
-    left out of the key, so every instance shares the entries (put what tells
-    instances apart in the arguments, or in ``key=``). An argument with no stable
+    replaced by its SHA-256. Closures made by one ``def`` share a qualified name, so
+    they share keys: give each its own ``key=``. A method's first parameter named
+    ``self`` or ``cls`` is left out of the key, so every instance shares the entries
+    (put what tells instances apart in the arguments, or in ``key=``). An argument with no stable
     encoding raises ``InvalidKeyError`` naming it. ``key``, a callable taking the
     function's arguments (``self`` included) and returning a ``str``, replaces all of
     this: its result is the key, as is.
@@ -294,13 +310,28 @@ def cached(
     seconds = ttl_seconds(ttl)
     refresh, jitter = check_fill_options(_no_factory, seconds, refresh_after, ttl_jitter)
     if key is not None and not callable(key):
-        raise InvalidArgumentError(f"key= must be a callable returning a str, not {key!r}")
+        raise InvalidArgumentError(
+            f"key= must be a callable returning a str, not {type(key).__name__}"
+        )
 
     def decorate(func: Callable[P, Awaitable[R]]) -> CachedFunction[P, R]:
+        if isinstance(func, (staticmethod, classmethod)):
+            raise InvalidArgumentError(
+                f"cached() decorates async def functions, not a {type(func).__name__}: "
+                f"put @{type(func).__name__} above @cached"
+            )
         if not inspect.iscoroutinefunction(func):
             raise InvalidArgumentError(
-                f"cached() decorates async def functions; "
-                f"{getattr(func, '__qualname__', func)!r} is not one"
+                f"cached() decorates async def functions, not a {type(func).__name__}"
+            )
+        if not isinstance(getattr(func, "__module__", None), str) or not isinstance(
+            getattr(func, "__qualname__", None), str
+        ):
+            # A functools.partial has neither, and its bound arguments would not be in
+            # the key: partial(f, 1) and partial(f, 2) would share entries.
+            raise InvalidArgumentError(
+                f"cached() needs a function with a __module__ and a __qualname__ for its "
+                f"keys, not a {type(func).__name__}: decorate the async def itself"
             )
         maker = _KeyMaker(func, key)
         make_key = maker.fast_key()
@@ -366,10 +397,7 @@ def cached(
             assert target is not None
             return await target.delete(key_for(*args, **kwargs))
 
-        for name in ("__module__", "__name__", "__qualname__", "__doc__"):
-            if hasattr(func, name):
-                setattr(call, name, getattr(func, name))
-        call.__wrapped__ = func  # type: ignore[attr-defined]
+        functools.update_wrapper(call, func)
         call.invalidate = invalidate  # type: ignore[attr-defined]
         call.key_for = key_for  # type: ignore[attr-defined]
         return cast(CachedFunction[P, R], call)
@@ -399,7 +427,7 @@ def _exact_call(
     arguments = "".join(f"{name}, " for name in names)
     if maker.recent is not None:
         lines = [
-            f"    if type({names[-1]}) is _memkv_str:",
+            f"    if _memkv_type({names[-1]}) is _memkv_str:",
             f"        _memkv_key = _memkv_recent_get({names[-1]})",
             "        if _memkv_key is not None:",
             "            _memkv_entry = _memkv_get_now(_memkv_key)",
@@ -421,6 +449,8 @@ def _exact_call(
         ]
     )
     namespace: dict[str, Any] = {
+        # Builtins under names of ours: a parameter may be called "type" or "str".
+        "_memkv_type": type,
         "_memkv_str": str,
         "_memkv_recent_get": None if maker.recent is None else maker.recent.get,
         "_memkv_get_now": get_now,

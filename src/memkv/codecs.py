@@ -16,7 +16,8 @@ and ``decode(data) -> value`` is a codec too.
 from __future__ import annotations
 
 import pickle
-from typing import Any, Protocol, runtime_checkable
+from types import ModuleType
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import msgspec
 
@@ -49,60 +50,57 @@ class Codec(Protocol):
     def decode(self, data: bytes) -> Any: ...
 
 
-class MsgpackCodec:
+class _MsgspecCodec:
+    """A codec of one msgspec format (its ``Encoder`` and ``Decoder``)."""
+
+    name: str
+    _format: ClassVar[ModuleType]
+
+    def __init__(self) -> None:
+        self._encoder = self._format.Encoder()
+        self._decoder = self._format.Decoder()
+
+    def encode(self, value: Any) -> bytes:
+        try:
+            return self._encoder.encode(value)  # type: ignore[no-any-return]
+        except (TypeError, OverflowError) as err:
+            # msgspec's own messages for these name a type or a range, never the value.
+            raise _encode_error(self.name, value, f"{type(err).__name__}: {err}") from err
+        except Exception as err:
+            # Others quote the value (UnicodeEncodeError: the character and where it
+            # is) or come from the value's own methods: shown by type only, and raised
+            # outside this block so that the error does not travel with ours.
+            failure: type[Exception] = type(err)
+        raise _encode_error(self.name, value, failure.__name__)
+
+    def decode(self, data: bytes) -> Any:
+        try:
+            return self._decoder.decode(data)
+        except Exception as err:
+            raise _decode_error(self.name, data, err) from err
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class MsgpackCodec(_MsgspecCodec):
     """MessagePack through msgspec: compact and fast (the default).
 
     ``encode`` and ``decode`` raise ``CodecError`` for what they cannot handle.
     """
 
     name = "msgpack"
-
-    def __init__(self) -> None:
-        self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder()
-
-    def encode(self, value: Any) -> bytes:
-        try:
-            return self._encoder.encode(value)
-        except Exception as err:
-            raise _encode_error(self.name, value, err) from err
-
-    def decode(self, data: bytes) -> Any:
-        try:
-            return self._decoder.decode(data)
-        except Exception as err:
-            raise _decode_error(self.name, data, err) from err
-
-    def __repr__(self) -> str:
-        return "MsgpackCodec()"
+    _format: ClassVar[ModuleType] = msgspec.msgpack
 
 
-class JsonCodec:
+class JsonCodec(_MsgspecCodec):
     """JSON through msgspec: readable with any tool (``bytes`` come back as base64 str).
 
     ``encode`` and ``decode`` raise ``CodecError`` for what they cannot handle.
     """
 
     name = "json"
-
-    def __init__(self) -> None:
-        self._encoder = msgspec.json.Encoder()
-        self._decoder = msgspec.json.Decoder()
-
-    def encode(self, value: Any) -> bytes:
-        try:
-            return self._encoder.encode(value)
-        except Exception as err:
-            raise _encode_error(self.name, value, err) from err
-
-    def decode(self, data: bytes) -> Any:
-        try:
-            return self._decoder.decode(data)
-        except Exception as err:
-            raise _decode_error(self.name, data, err) from err
-
-    def __repr__(self) -> str:
-        return "JsonCodec()"
+    _format: ClassVar[ModuleType] = msgspec.json
 
 
 class PickleCodec:
@@ -122,10 +120,7 @@ class PickleCodec:
             return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as err:
             failure: type[Exception] = type(err)
-        raise CodecError(
-            f"the pickle codec cannot encode a value of type {type(value).__name__}: "
-            f"{failure.__name__}"
-        )
+        raise _encode_error(self.name, value, failure.__name__)
 
     def decode(self, data: bytes) -> Any:
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -141,11 +136,9 @@ class PickleCodec:
         return "PickleCodec()"
 
 
-def _encode_error(name: str, value: object, err: Exception) -> CodecError:
-    # msgspec's messages name types, never the value itself (pickle's do not: see above).
+def _encode_error(name: str, value: object, reason: str) -> CodecError:
     return CodecError(
-        f"the {name} codec cannot encode a value of type {type(value).__name__}: "
-        f"{type(err).__name__}: {err}"
+        f"the {name} codec cannot encode a value of type {type(value).__name__}: {reason}"
     )
 
 

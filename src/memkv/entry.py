@@ -77,5 +77,11 @@ class MemoryEntry(Generic[T], metaclass=ABCMeta):
             # The core in use makes the entry (and validates the arguments).
             from memkv._core import MemoryEntry as CoreEntry
 
+            if MemoryEntry in CoreEntry.__mro__:
+                # A real subclass (the pure-Python core's): type.__call__ runs its
+                # __init__ on what is returned here, so it must not have run yet (a
+                # second __init__ raises FrozenEntryError).
+                return object.__new__(CoreEntry)
+            # Registered only (the Cython core's): type.__call__ runs no __init__.
             return CoreEntry(*args, **kwargs)
         return object.__new__(cls)

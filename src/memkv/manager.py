@@ -49,8 +49,9 @@ class MemoryManager(Generic[T]):
             raise InvalidArgumentTypeError(
                 f"urls must be a mapping of store names to URLs, not {type(urls).__name__}"
             )
-        if default is not None and check_store_name(default) not in urls:
-            raise StoreNotFoundError(f"default store {default!r} is not among {sorted(urls)}")
+        names = [check_store_name(name) for name in urls]
+        if default is not None and check_store_name(default) not in names:
+            raise StoreNotFoundError(f"default store {default!r} is not among {sorted(names)}")
         manager: MemoryManager[Any] = cls()
         for name, url in urls.items():
             manager.register_store(name, open_store(url), default=name == default)

@@ -13,11 +13,10 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable
-from datetime import timedelta
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from memkv.errors import InvalidArgumentError, InvalidTTLError
-from memkv.validation import MAX_TTL_SECONDS
+from memkv.validation import ttl_seconds
 
 __all__ = [
     "Fill",
@@ -84,12 +83,14 @@ class SingleFlight(Generic[R]):
     (its exception is logged), ``aclose()`` cancels and awaits every call that has
     nobody waiting for it.
 
-    Calls are shared per event loop: a caller on another loop runs its own call.
+    Calls are shared per event loop: a caller on another loop runs its own call. Loops
+    in other threads may share one object (each loop's calls are filed apart, so one
+    thread never ends another's); ``joins`` may then miss a few counts.
     """
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._flights: dict[Hashable, _Flight] = {}
+        self._flights: dict[tuple[asyncio.AbstractEventLoop, Hashable], _Flight] = {}
         #: Callers that joined a call another caller had started.
         self.joins = 0
 
@@ -98,8 +99,8 @@ class SingleFlight(Generic[R]):
 
     async def run(self, key: Hashable, call: Callable[[], Awaitable[R]]) -> R:
         loop = asyncio.get_running_loop()
-        flight = self._flights.get(key)
-        if flight is None or flight.loop is not loop:
+        flight = self._flights.get((loop, key))
+        if flight is None:
             flight = self._start(loop, key, call)
         else:
             self.joins += 1
@@ -112,8 +113,7 @@ class SingleFlight(Generic[R]):
         """Run ``call()`` in the background unless a call for ``key`` runs; ``True`` if
         this started one."""
         loop = asyncio.get_running_loop()
-        flight = self._flights.get(key)
-        if flight is not None and flight.loop is loop:
+        if (loop, key) in self._flights:
             return False
         self._start(loop, key, call)
         return True
@@ -129,13 +129,13 @@ class SingleFlight(Generic[R]):
         # The dict keeps the task referenced until it ends (asyncio holds tasks weakly).
         flight.task = loop.create_task(run_call())
         flight.task.add_done_callback(lambda task: self._finish(key, flight, task))
-        # Replaces only a call of another loop, which keeps running for its own callers.
-        self._flights[key] = flight
+        self._flights[loop, key] = flight
         return flight
 
     def _finish(self, key: Hashable, flight: _Flight, task: asyncio.Task[Any]) -> None:
-        if self._flights.get(key) is flight:
-            del self._flights[key]
+        # Only this flight is filed under its (loop, key) until now: no other loop's
+        # thread can have replaced it, so this removes nothing of another's.
+        del self._flights[flight.loop, key]
         waiters = [waiter for waiter in flight.waiters if not waiter.done()]
         if task.cancelled():
             for waiter in waiters:
@@ -162,8 +162,8 @@ class SingleFlight(Generic[R]):
         loop = asyncio.get_running_loop()
         orphans = [
             flight.task
-            for flight in list(self._flights.values())
-            if flight.loop is loop
+            for (flight_loop, _), flight in list(self._flights.items())
+            if flight_loop is loop
             and flight.task is not None
             and not any(not waiter.done() for waiter in flight.waiters)
         ]
@@ -203,21 +203,6 @@ class FillState:
         await self.lookups.aclose()
 
 
-def _seconds(name: str, value: object) -> float:
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise InvalidTTLError(
-            f"{name} must be a timedelta, int or float seconds, or None, "
-            f"not {type(value).__name__}"
-        )
-    if not 0 < seconds <= MAX_TTL_SECONDS:
-        raise InvalidTTLError(f"{name} must be positive seconds, got {value!r}")
-    return seconds
-
-
 def check_fill_options(
     factory: object, ttl: float | None, refresh_after: object, ttl_jitter: object
 ) -> tuple[float | None, float]:
@@ -237,12 +222,15 @@ def check_fill_options(
         raise InvalidArgumentError(
             f"ttl_jitter must be a fraction in [0, 1), not {type(ttl_jitter).__name__}"
         )
+    # Compared before float(): an enormous int has no float (nor, past
+    # sys.get_int_max_str_digits(), any decimal text for a message).
+    if not 0 <= ttl_jitter < 1:
+        raise InvalidArgumentError("ttl_jitter must be a fraction in [0, 1)")
     jitter = float(ttl_jitter)
-    if not 0.0 <= jitter < 1.0:
-        raise InvalidArgumentError(f"ttl_jitter must be a fraction in [0, 1), got {ttl_jitter!r}")
     if refresh_after is None:
         return None, jitter
-    refresh = _seconds("refresh_after", refresh_after)
+    refresh = ttl_seconds(refresh_after, "refresh_after")
+    assert refresh is not None
     if ttl is not None and refresh >= ttl * (1.0 - jitter):
         raise InvalidTTLError(
             f"refresh_after ({refresh:g} s) must be below the ttl ({ttl:g} s"

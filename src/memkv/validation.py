@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_COUNT",
     "MAX_TTL_SECONDS",
+    "bad_clock_reading",
     "check_batch_size",
     "check_clock",
     "check_items",
@@ -66,8 +67,11 @@ def check_prefix(prefix: object) -> str:
     raise InvalidKeyError(f"a prefix must be str or None, not {type(prefix).__name__}")
 
 
-def ttl_seconds(ttl: object) -> float | None:
-    """Return a TTL in seconds (``None`` for no expiry), or raise ``InvalidTTLError``."""
+def ttl_seconds(ttl: object, name: str = "ttl") -> float | None:
+    """Return a TTL in seconds (``None`` for no expiry), or raise ``InvalidTTLError``.
+
+    ``name`` is the argument the message names (``refresh_after`` checks the same way).
+    """
     if ttl is None:
         return None
     if isinstance(ttl, timedelta):
@@ -76,15 +80,18 @@ def ttl_seconds(ttl: object) -> float | None:
         try:
             seconds = float(ttl)
         except OverflowError:
-            raise InvalidTTLError(f"ttl is too large: {ttl!r}") from None
+            # Not repr(): an int past sys.get_int_max_str_digits() has no decimal text.
+            raise InvalidTTLError(
+                f"{name} must be at most {MAX_TTL_SECONDS:.0f} seconds (100 years)"
+            ) from None
     else:
         raise InvalidTTLError(
-            f"ttl must be a timedelta, int or float seconds, or None, not {type(ttl).__name__}"
+            f"{name} must be a timedelta, int or float seconds, or None, not {type(ttl).__name__}"
         )
     if not 0 < seconds <= MAX_TTL_SECONDS:
         raise InvalidTTLError(
-            f"ttl must be positive and at most {MAX_TTL_SECONDS:.0f} seconds (100 years), "
-            f"got {ttl!r}; use ttl=None for no expiry"
+            f"{name} must be positive and at most {MAX_TTL_SECONDS:.0f} seconds (100 years), "
+            f"got {ttl!r}; use {name}=None for no expiry"
         )
     return seconds
 
@@ -148,8 +155,12 @@ def check_keys(keys: Iterable[object]) -> list[str]:
 def check_batch_size(batch_size: object) -> int:
     """Return ``batch_size`` (at most ``MAX_COUNT``) if it is an int of at least 1, else
     raise ``InvalidArgumentError``."""
-    if type(batch_size) is not int or batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if type(batch_size) is not int:
+        raise InvalidArgumentError(
+            f"batch_size must be an int >= 1, not {type(batch_size).__name__}"
+        )
+    if batch_size < 1:
+        raise InvalidArgumentError("batch_size must be an int >= 1")
     return min(batch_size, MAX_COUNT)
 
 
@@ -166,7 +177,7 @@ def check_max_entries(max_entries: object, name: str = "max_entries") -> int | N
             f"{name} must be an int or None, not {type(max_entries).__name__}"
         )
     if max_entries < 1:
-        raise InvalidArgumentError(f"{name} must be at least 1, got {max_entries}")
+        raise InvalidArgumentError(f"{name} must be at least 1")
     return max_entries
 
 
@@ -185,12 +196,26 @@ def check_clock(clock: object) -> Callable[[], float] | None:
         )
     now = clock()
     if isinstance(now, bool) or not isinstance(now, (int, float)):
-        raise InvalidArgumentTypeError(
-            f"clock must return int or float seconds, not {type(now).__name__}"
-        )
-    if not math.isfinite(now):
-        raise InvalidArgumentError(f"clock must return finite seconds, got {now!r}")
+        raise bad_clock_reading(now)
+    try:
+        finite = math.isfinite(now)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite:
+        raise bad_clock_reading(now)
     return clock
+
+
+def bad_clock_reading(reading: object) -> InvalidArgumentError | InvalidArgumentTypeError:
+    """The error for a clock reading that is not finite ``int``/``float`` seconds (at
+    construction, or when a core's ``now + offset`` fails): a reading of another type
+    is an ``InvalidArgumentTypeError``, a number that is not finite (NaN, an infinity,
+    an int too large for a float) an ``InvalidArgumentError``."""
+    if isinstance(reading, bool) or not isinstance(reading, (int, float)):
+        return InvalidArgumentTypeError(
+            f"the clock must return int or float seconds, not {type(reading).__name__}"
+        )
+    return InvalidArgumentError("the clock returned a time that is not finite")
 
 
 def check_store(store: object) -> MemoryStore[Any]:

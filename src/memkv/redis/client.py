@@ -48,15 +48,13 @@ def check_options(options: dict[str, Any]) -> None:
     for name in ("socket_timeout", "connect_timeout", "backoff_base", "backoff_cap"):
         value = options[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise InvalidArgumentError(f"{name} must be a positive number, got {value!r}")
+            raise InvalidArgumentError(f"{name} must be a positive number of seconds")
     retries = options["retries"]
     if type(retries) is not int or retries < 0:
-        raise InvalidArgumentError(f"retries must be an int >= 0, got {retries!r}")
+        raise InvalidArgumentError("retries must be an int >= 0")
     pool = options["max_connections"]
     if pool is not None and (type(pool) is not int or not 1 <= pool <= MAX_COUNT):
-        raise InvalidArgumentError(
-            f"max_connections must be an int from 1 to {MAX_COUNT}, got {pool!r}"
-        )
+        raise InvalidArgumentError(f"max_connections must be an int from 1 to {MAX_COUNT} or None")
 
 
 def make_client(

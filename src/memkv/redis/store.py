@@ -273,7 +273,7 @@ class RedisMemoryStore(BaseMemoryStore[T]):
         if namespace is None:
             namespace = "memkv"
         if not isinstance(namespace, str) or not namespace:
-            raise InvalidArgumentError(f"namespace must be a non-empty str, got {namespace!r}")
+            raise InvalidArgumentError("namespace must be a non-empty str")
         self._namespace = namespace
         self._prefix = (namespace + ":").encode("utf-8", "surrogatepass")
         self._codec = resolve_codec("msgpack" if codec is None else codec)
