@@ -8,6 +8,7 @@ server and a Redis Cluster; the cross-process ones start real worker processes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import functools
 import inspect
@@ -943,6 +944,37 @@ async def test_a_redis_fill_waits_on_a_foreign_lease_then_computes_when_it_expir
     entry = await store.get_or_set("k", Factory("mine"), ttl=60)
     assert entry.value == "mine"
     assert store.stats().flights.lease_waits == 1
+
+
+async def test_a_hung_holder_stops_renewing_its_lease_and_another_store_computes(
+    redis_harness: StoreHarness,
+) -> None:
+    # Two store objects share no in-process flight: they meet only at the lease, as two
+    # processes do. The first one's factory hangs while its process stays alive.
+    first: Any = redis_harness.store
+    second: Any = await redis_harness.make(namespace=first.namespace)
+    redis_harness.opened.append(second)
+    for store in (first, second):
+        store.lease_ttl, store.max_lease_hold = 0.3, 0.6
+    hung = asyncio.Event()
+
+    async def never() -> str:
+        hung.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    holder = asyncio.create_task(first.get_or_set("k", never, ttl=60))
+    await hung.wait()
+    started = time.monotonic()
+    entry = await asyncio.wait_for(second.get_or_set("k", Factory("second"), ttl=60), 10)
+    waited = time.monotonic() - started
+    assert entry.value == "second"
+    assert second.stats().flights.lease_waits == 1
+    # Renewed for max_lease_hold, then left to expire: not before, and not for ever.
+    assert 0.4 < waited < 5.0
+    holder.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await holder
 
 
 async def test_a_redis_touch_of_a_foreign_value_raises_codec_error(

@@ -748,6 +748,10 @@ class RedisMemoryStore(BaseMemoryStore[T]):
     #: How long a fill lease lasts unless its holder renews it (every third of it while
     #: the factory runs): how long other processes wait for a holder that died.
     lease_ttl: float = 5.0
+    #: How long a holder renews its lease at most: a factory that hangs in a process
+    #: that stays alive lets the others compute after ``max_lease_hold + lease_ttl``
+    #: seconds, instead of making them wait for ever.
+    max_lease_hold: float = 60.0
 
     @_operation("add", _ok_or_exists, keyed=True, retried=False)
     async def add(
@@ -841,9 +845,14 @@ class RedisMemoryStore(BaseMemoryStore[T]):
             raise translate(err, self._where) from err
 
     async def _keep_lease(self, lease_key: bytes, token: bytes) -> None:
-        """Renew the lease every third of ``lease_ttl`` while the factory runs."""
+        """Renew the lease every third of ``lease_ttl`` while the factory runs, for
+        ``max_lease_hold`` seconds at most."""
+        give_up = time.monotonic() + self.max_lease_hold
         while True:
             await asyncio.sleep(self.lease_ttl / 3)
+            if time.monotonic() >= give_up:
+                return  # the lease lapses: another process may compute
+
             try:
                 renewed = await self._redis.script(
                     RENEW, lease_key, token, max(1, round(self.lease_ttl * 1000))
