@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from memkv import LocalMemoryStore, MemoryManager, MemoryStore
-from memkv.errors import StoreNotFoundError
+from memkv import manager as manager_module
+from memkv.errors import InvalidArgumentError, StoreNotFoundError
 
 
 @pytest.fixture
@@ -119,6 +120,24 @@ async def test_from_urls_builds_and_routes() -> None:
 def test_from_urls_with_unknown_default_raises() -> None:
     with pytest.raises(StoreNotFoundError):
         MemoryManager.from_urls({"local": "memory://"}, default="other")
+
+
+def test_from_urls_opens_no_store_when_a_later_url_is_bad(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    opened: list[object] = []
+    real_open_store = manager_module.open_store
+
+    def recording_open_store(url: Any) -> MemoryStore[Any]:
+        opened.append(url)
+        return real_open_store(url)
+
+    monkeypatch.setattr(manager_module, "open_store", recording_open_store)
+    with pytest.raises(InvalidArgumentError, match="max_entries"):
+        MemoryManager.from_urls(
+            {"cache": "redis://localhost:6379/0", "local": "memory://?max_entries=-1"}
+        )
+    assert opened == []
 
 
 def test_from_urls_refuses_a_name_that_is_not_str_before_the_default() -> None:

@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 from memkv.entry import MemoryEntry
 from memkv.errors import InvalidArgumentError, InvalidArgumentTypeError, StoreNotFoundError
 from memkv.store import TTL, MemoryStore
-from memkv.urls import open_store
+from memkv.urls import open_store, parse_url
 from memkv.validation import check_store, check_store_name
 
 __all__ = ["MemoryManager"]
@@ -43,7 +43,9 @@ class MemoryManager(Generic[T]):
         """Open a store for each ``name: url`` (see ``open_store``) and register it.
 
         ``urls`` must be a mapping (else ``InvalidArgumentTypeError``); a ``default``
-        that is not among its names raises ``StoreNotFoundError``.
+        that is not among its names raises ``StoreNotFoundError``. Every URL is parsed
+        before any store is opened, so a bad one (``InvalidArgumentError``) leaves no
+        store open behind it.
         """
         if not isinstance(urls, Mapping):
             raise InvalidArgumentTypeError(
@@ -52,8 +54,9 @@ class MemoryManager(Generic[T]):
         names = [check_store_name(name) for name in urls]
         if default is not None and check_store_name(default) not in names:
             raise StoreNotFoundError(f"default store {default!r} is not among {sorted(names)}")
+        parsed = {name: parse_url(url) for name, url in urls.items()}
         manager: MemoryManager[Any] = cls()
-        for name, url in urls.items():
+        for name, url in parsed.items():
             manager.register_store(name, open_store(url), default=name == default)
         return manager
 
