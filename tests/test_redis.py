@@ -830,6 +830,9 @@ def test_unknown_url_parameter_is_named_and_the_password_is_not() -> None:
     ("url", "named"),
     [
         ("redis://localhost/0?socket_timeout=-1", "socket_timeout"),
+        ("redis://localhost/0?socket_timeout=1e300", "socket_timeout"),
+        ("redis://localhost/0?connect_timeout=nan", "connect_timeout"),
+        ("redis://localhost/0?backoff_cap=86401", "backoff_cap"),
         ("redis://localhost/0?retries=many", "retries"),
         ("redis://localhost/0?pool_size=0", "pool_size"),
         ("redis://localhost/0?codec=yaml", "yaml"),
@@ -843,6 +846,14 @@ def test_unknown_url_parameter_is_named_and_the_password_is_not() -> None:
 def test_bad_url_parameters_are_invalid_arguments(url: str, named: str) -> None:
     with pytest.raises(InvalidArgumentError, match=named):
         RedisMemoryStore.from_url(url)
+
+
+@pytest.mark.parametrize("option", ["socket_timeout", "connect_timeout", "backoff_base"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e300, 0, -1.0, True])
+def test_timeouts_out_of_range_are_invalid_arguments(option: str, value: float) -> None:
+    with pytest.raises(InvalidArgumentError, match=option) as info:
+        RedisMemoryStore("redis://localhost:6379/0", **{option: value})
+    assert isinstance(info.value, ValueError)
 
 
 async def test_url_parameters_configure_the_store(redis_url: str) -> None:

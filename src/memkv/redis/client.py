@@ -17,6 +17,10 @@ from memkv.redis.transport import DEFAULT_MAX_INFLIGHT, ConnectionSpec
 from memkv.urls import RedisURL
 from memkv.validation import MAX_COUNT
 
+#: The longest timeout or backoff a store accepts: a day. Beyond that no server is
+#: coming back, and the event loop's timers cannot take ``inf`` or huge values anyway.
+MAX_WAIT_SECONDS = 86400.0
+
 __all__ = [
     "DEFAULT_OPTIONS",
     "AnyRedis",
@@ -47,8 +51,15 @@ def check_options(options: dict[str, Any]) -> None:
     has a value the client cannot use."""
     for name in ("socket_timeout", "connect_timeout", "backoff_base", "backoff_cap"):
         value = options[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise InvalidArgumentError(f"{name} must be a positive number of seconds")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not 0 < value <= MAX_WAIT_SECONDS
+        ):
+            raise InvalidArgumentError(
+                f"{name} must be a number of seconds above 0 and at most {MAX_WAIT_SECONDS:g} "
+                "(a day)"
+            )
     retries = options["retries"]
     if type(retries) is not int or retries < 0:
         raise InvalidArgumentError("retries must be an int >= 0")
