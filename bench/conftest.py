@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.redis_servers import RedisServer, server_binary
 
 GATE = bool(os.environ.get("MEMKV_BENCH_GATE"))
 #: Bursts per side when pairing a subject with its baseline.
@@ -83,11 +84,37 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     made.close()
 
 
-def runner(
+def run_fresh(
     loop: asyncio.AbstractEventLoop, make: Callable[[], Awaitable[Any]]
 ) -> Callable[[], Any]:
     """A zero-argument callable that runs a fresh coroutine from ``make`` to completion."""
     return lambda: loop.run_until_complete(make())
+
+
+@pytest.fixture(scope="module")
+def runner() -> Iterator[asyncio.Runner]:
+    """One event loop per benchmark module, for its clients and every burst it times."""
+    with asyncio.Runner() as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis server of the module's own (``tests/redis_servers.py`` picks the binary)."""
+    started = RedisServer(server_binary(), tmp_path_factory.mktemp("bench-redis"))
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def url(request: pytest.FixtureRequest) -> str:
+    """``REDIS_URL`` when set (benchmark a server of your own), else ``server``'s URL."""
+    external = os.environ.get("REDIS_URL")
+    if external:
+        return external
+    started: RedisServer = request.getfixturevalue("server")
+    return started.url
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -31,12 +31,7 @@ KEYS = 1_000 if GATE else 10_000
 VALUE = bytes(range(100))
 #: Out of every 10 operations of a task, this many are SETs.
 SETS_PER_TEN = 1
-
-
-@pytest.fixture(scope="module")
-def runner() -> Iterator[asyncio.Runner]:
-    with asyncio.Runner() as opened:
-        yield opened
+BENCH_KEYS = [f"bench-router:{index}".encode() for index in range(KEYS)]
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +56,31 @@ def clients(runner: asyncio.Runner, seed: tuple[str, int]) -> Iterator[tuple[Any
     # Initialised before the first burst: 50 tasks racing redis-py's lazy
     # initialisation fail with "'NoneType' object has no attribute 'writelines'".
     runner.run(raw.initialize())
-    keys = [f"bench-router:{index}".encode() for index in range(KEYS)]
-    runner.run(router.execute_many([(key, ("SET", key, VALUE)) for key in keys]))
+    runner.run(router.execute_many([(key, ("SET", key, VALUE)) for key in BENCH_KEYS]))
     yield router, raw
     for start in range(0, KEYS, 500):
-        runner.run(router.execute_many([(key, ("DEL", key)) for key in keys[start : start + 500]]))
+        chunk = BENCH_KEYS[start : start + 500]
+        runner.run(router.execute_many([(key, ("DEL", key)) for key in chunk]))
     runner.run(router.close())
     runner.run(raw.aclose())
+
+
+def ninety_ten(
+    get: Callable[[bytes], Awaitable[Any]], set_: Callable[[bytes], Awaitable[Any]]
+) -> Callable[[int, int], Awaitable[None]]:
+    """One task's loop: ``ops`` operations on random keys (seeded by the task number),
+    ``SETS_PER_TEN`` in ten of them ``set_``, the others ``get``."""
+
+    async def task(number: int, ops: int) -> None:
+        rng = random.Random(number)
+        for index in range(ops):
+            key = BENCH_KEYS[rng.randrange(KEYS)]
+            if index % 10 < SETS_PER_TEN:
+                await set_(key)
+            else:
+                await get(key)
+
+    return task
 
 
 def fan_out(one_task: Any) -> Burst:
@@ -82,26 +95,11 @@ def test_router_mixed_get_set_vs_redis_cluster(
     benchmark: Any, runner: asyncio.Runner, clients: tuple[ClusterRouter, RedisCluster]
 ) -> None:
     router, raw = clients
-    keys = [f"bench-router:{index}".encode() for index in range(KEYS)]
-
-    async def router_task(task: int, ops: int) -> None:
-        rng = random.Random(task)
-        execute = router.execute
-        for index in range(ops):
-            key = keys[rng.randrange(KEYS)]
-            if index % 10 < SETS_PER_TEN:
-                await execute(key, "SET", key, VALUE)
-            else:
-                await execute(key, "GET", key)
-
-    async def raw_task(task: int, ops: int) -> None:
-        rng = random.Random(task)
-        for index in range(ops):
-            key = keys[rng.randrange(KEYS)]
-            if index % 10 < SETS_PER_TEN:
-                await raw.set(key, VALUE)
-            else:
-                await raw.get(key)
+    execute = router.execute
+    router_task = ninety_ten(
+        lambda key: execute(key, "GET", key), lambda key: execute(key, "SET", key, VALUE)
+    )
+    raw_task = ninety_ten(raw.get, lambda key: raw.set(key, VALUE))
 
     ours, theirs = fan_out(router_task), fan_out(raw_task)
     result = runner.run(paired(ours, theirs, BURST * 5))
@@ -122,9 +120,8 @@ def test_router_execute_many_vs_redis_cluster_mget_nonatomic(
     """100 keys on every node per call (keys/s): one batch per node against redis-py's
     per-slot MGETs."""
     router, raw = clients
-    keys = [f"bench-router:{index}".encode() for index in range(KEYS)]
     rng = random.Random(1)
-    batches = [rng.sample(keys, 100) for _ in range(50)]
+    batches = [rng.sample(BENCH_KEYS, 100) for _ in range(50)]
 
     async def ours(ops: int) -> None:
         for index in range(ops // 100):
@@ -152,30 +149,18 @@ def test_router_vs_the_transport_alone(
 ) -> None:
     """The routing's own cost: the same workload sent straight to each key's node."""
     router, _ = clients
-    keys = [f"bench-router:{index}".encode() for index in range(KEYS)]
     connect = node_factory(ConnectionSpec())
     nodes = {address: connect(*address) for address in router.primaries()}
-    node_of = [nodes[router._slots[slot_of(key)]] for key in keys]  # type: ignore[index]
+    node_of_key = {key: nodes[router._slots[slot_of(key)]] for key in BENCH_KEYS}  # type: ignore[index]
 
-    async def router_task(task: int, ops: int) -> None:
-        rng = random.Random(task)
-        execute = router.execute
-        for index in range(ops):
-            key = keys[rng.randrange(KEYS)]
-            if index % 10 < SETS_PER_TEN:
-                await execute(key, "SET", key, VALUE)
-            else:
-                await execute(key, "GET", key)
-
-    async def node_task(task: int, ops: int) -> None:
-        rng = random.Random(task)
-        for index in range(ops):
-            position = rng.randrange(KEYS)
-            key = keys[position]
-            if index % 10 < SETS_PER_TEN:
-                await node_of[position].execute("SET", key, VALUE)
-            else:
-                await node_of[position].execute("GET", key)
+    execute = router.execute
+    router_task = ninety_ten(
+        lambda key: execute(key, "GET", key), lambda key: execute(key, "SET", key, VALUE)
+    )
+    node_task = ninety_ten(
+        lambda key: node_of_key[key].execute("GET", key),
+        lambda key: node_of_key[key].execute("SET", key, VALUE),
+    )
 
     ours, theirs = fan_out(router_task), fan_out(node_task)
     result = runner.run(paired(ours, theirs, BURST * 5))

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from bench.conftest import GATE, Figure, assert_floor, paired, rate, record, runner
+from bench.conftest import GATE, Figure, assert_floor, paired, rate, record, run_fresh
 from bench.test_bench_local import store_on
 from memkv import LocalMemoryStore, cached
 
@@ -45,7 +45,7 @@ def burst(
         for argument in order:
             await call(argument)
 
-    return runner(loop, run)
+    return run_fresh(loop, run)
 
 
 async def call_each(decorated: Callable[[str], Awaitable[Any]]) -> None:
@@ -72,7 +72,7 @@ def hits_vs_gets(
         for key in keys:
             await get(key)
 
-    subject, baseline = paired(burst(loop, complete, order), runner(loop, plain_gets))
+    subject, baseline = paired(burst(loop, complete, order), run_fresh(loop, plain_gets))
     return order, subject, baseline
 
 

@@ -32,7 +32,7 @@ from bench.conftest import (
     paired,
     rate,
     record,
-    runner,
+    run_fresh,
     timed,
 )
 from memkv import LocalMemoryStore
@@ -98,7 +98,7 @@ def awaited_gets(
         for key in order:
             await get(key)
 
-    return runner(loop, run)
+    return run_fresh(loop, run)
 
 
 # -- awaited calls against a bare async dict -----------------------------------------
@@ -121,7 +121,7 @@ def test_get_hit_vs_bare_async_dict(
             await bare_get(key)
 
     memkv = awaited_gets(loop, store, order)
-    subject, baseline = paired(memkv, runner(loop, bare))
+    subject, baseline = paired(memkv, run_fresh(loop, bare))
     ratio = baseline / subject
     record(
         Figure(
@@ -159,7 +159,7 @@ def test_set_ttl_existing_vs_bare_async_dict(
         for key in order:
             await set_(key, 2, TTL)
 
-    subject, baseline = paired(runner(loop, memkv), runner(loop, bare))
+    subject, baseline = paired(run_fresh(loop, memkv), run_fresh(loop, bare))
     ratio = baseline / subject
     record(
         Figure(
@@ -173,7 +173,7 @@ def test_set_ttl_existing_vs_bare_async_dict(
     )
     assert_floor(KEYS, subject)
     benchmark.extra_info["ratio_vs_bare_async_dict"] = ratio
-    benchmark.pedantic(runner(loop, memkv), rounds=1 if GATE else 3)
+    benchmark.pedantic(run_fresh(loop, memkv), rounds=1 if GATE else 3)
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +256,7 @@ def test_scan_prefix_of_100_in_a_large_store(
     def baseline() -> list[str]:
         return [k for k in plain if k.startswith(prefix)]
 
-    subject, full = paired(runner(loop, memkv), baseline, rounds=3 if not GATE else 1)
+    subject, full = paired(run_fresh(loop, memkv), baseline, rounds=3 if not GATE else 1)
     per_scan = subject / repeats
     speedup = full / per_scan
     record(
@@ -271,7 +271,7 @@ def test_scan_prefix_of_100_in_a_large_store(
     )
     assert per_scan < 1e-3
     benchmark.extra_info["speedup_vs_list_comprehension"] = speedup
-    benchmark.pedantic(runner(loop, scan_once), rounds=10)
+    benchmark.pedantic(run_fresh(loop, scan_once), rounds=10)
 
 
 def test_get_many_of_100_keys(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
@@ -295,7 +295,7 @@ def test_get_many_of_100_keys(benchmark: Any, loop: asyncio.AbstractEventLoop) -
             for batch in batches:
                 await get_many(batch)
 
-    subject, baseline = paired(runner(loop, memkv), runner(loop, bare))
+    subject, baseline = paired(run_fresh(loop, memkv), run_fresh(loop, bare))
     looked_up = repeats * len(batches) * 100
     keys_per_second = looked_up / subject
     record(
@@ -310,7 +310,7 @@ def test_get_many_of_100_keys(benchmark: Any, loop: asyncio.AbstractEventLoop) -
     )
     assert_floor(repeats * len(batches), subject)
     benchmark.extra_info["keys_per_second"] = keys_per_second
-    benchmark.pedantic(runner(loop, memkv), rounds=1 if GATE else 3)
+    benchmark.pedantic(run_fresh(loop, memkv), rounds=1 if GATE else 3)
 
 
 # -- metrics: exporters and latency histograms -----------------------------------------

@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 
-from bench import test_bench_redis as redis_bench
 from bench.conftest import Figure, record
 from bench.test_bench_redis import BURST, GATE, VALUE, Burst, paired, report
 from memkv import LocalMemoryStore
@@ -34,11 +33,6 @@ from memkv.redis import RedisMemoryStore
 from memkv.redis.transport import Connection, ConnectionSpec
 
 pytestmark = pytest.mark.redis
-
-# The server, its URL and the event-loop runner of the Redis benchmarks.
-server = redis_bench.server
-url = redis_bench.url
-runner = redis_bench.runner
 
 #: Keys read in the hot-get bursts, and entries in the memory figure.
 HOT_KEYS = 100

@@ -181,20 +181,6 @@ def on_glide(client: Any, plans: Plans, envelope: bytes) -> Burst:
     return burst
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    started = RedisServer(server_binary(), tmp_path_factory.mktemp("bench-store"))
-    started.start()
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="module")
-def runner() -> Iterator[asyncio.Runner]:
-    with asyncio.Runner() as opened:
-        yield opened
-
-
 async def open_glide(port: int, cluster: bool = False) -> Any:
     try:
         import glide

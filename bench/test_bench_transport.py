@@ -33,7 +33,7 @@ from typing import Any
 
 import hiredis
 import pytest
-from tests.redis_servers import RedisServer, server_binary
+from tests.redis_servers import RedisServer
 
 from bench.conftest import Figure, record
 from memkv.redis.transport import ConnectionSpec, Node
@@ -171,20 +171,6 @@ def report(
             None if goal is None else ratios[baseline] >= goal,
         )
     )
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    started = RedisServer(server_binary(), tmp_path_factory.mktemp("bench-transport"))
-    started.start()
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="module")
-def runner() -> Iterator[asyncio.Runner]:
-    with asyncio.Runner() as opened:
-        yield opened
 
 
 @pytest.fixture(scope="module")
