@@ -105,12 +105,15 @@ class MemkvCache(BridgedAdapter, BaseCache[ValueT]):
         self, store: MemoryStore[Any], *, serde: SerializerProtocol | None = None
     ) -> None:
         check_store(store)
-        if serde is not None and not all(
-            callable(getattr(serde, method, None)) for method in ("dumps_typed", "loads_typed")
+        if serde is not None and (
+            isinstance(serde, type)
+            or not all(
+                callable(getattr(serde, method, None)) for method in ("dumps_typed", "loads_typed")
+            )
         ):
             raise InvalidArgumentTypeError(
-                "serde must have dumps_typed and loads_typed (a LangGraph "
-                f"SerializerProtocol) or be None, not {type(serde).__name__}"
+                "serde must be an object with dumps_typed and loads_typed (a LangGraph "
+                f"SerializerProtocol) or None, not {_type_name(serde)}"
             )
         super().__init__(serde=serde)
         self._store = store
@@ -276,3 +279,7 @@ def _iterable(items: object, name: str) -> Iterable[Any]:
     if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
         raise InvalidKeyError(f"{name} must be a sequence, not {type(items).__name__}")
     return items
+
+
+def _type_name(value: object) -> str:
+    return f"the class {value.__name__}" if isinstance(value, type) else type(value).__name__
