@@ -156,16 +156,29 @@ def test_an_entry_written_by_something_else_raises_codec_error_without_its_text(
             assert raised.value.__cause__ is None
 
 
-def test_a_class_outside_the_core_allowlist_is_refused_on_lookup(core: str) -> None:
+@pytest.mark.parametrize("where", ["a class outside the allowlist", "an unserialisable field"])
+async def test_generations_that_would_not_revive_are_refused_on_update(where: str) -> None:
     class CustomGeneration(Generation):
         @classmethod
         def get_lc_namespace(cls) -> list[str]:
             return ["my_package", "outputs"]
 
-    with MemkvLLMCache(local_store_type(core)()) as cache:
-        cache.update("p", "m", [CustomGeneration(text="x")])
-        with pytest.raises(CodecError, match='allowed_objects="core"'):
-            cache.lookup("p", "m")
+    class Secret:
+        def __repr__(self) -> str:
+            return "Secret('hunter2')"
+
+    if where == "an unserialisable field":
+        generation = Generation(text="x", generation_info={"secret": Secret()})
+    else:
+        generation = CustomGeneration(text="x")
+    store: LocalMemoryStore[Any] = LocalMemoryStore()
+    async with MemkvLLMCache(store) as cache:
+        with pytest.raises(CodecError, match="nothing was written") as raised:
+            cache.update("p", "m", [Generation(text="fine"), generation])
+        assert "hunter2" not in str(raised.value)
+        with pytest.raises(CodecError):
+            await cache.aupdate("p", "m", [generation])
+        assert len(store) == 0
 
 
 # -- TTL ----------------------------------------------------------------------------------

@@ -251,11 +251,15 @@ class MemkvLLMCache(BridgedAdapter, BaseCache):
     **Values** are the generations serialised by ``langchain_core.load.dumps`` (a JSON
     ``str``, kept as is by every codec) and revived by ``loads`` with
     ``allowed_objects="core"``: ``Generation``, ``ChatGeneration`` and LangChain's
-    message classes round-trip through Redis too; an entry that does not revive (a
-    class outside that list, or data written by something else under the cache's
-    prefix) raises ``CodecError``, without its text. A ``prompt`` or ``llm_string``
+    message classes round-trip through Redis too; an entry that does not revive (data
+    written by something else under the cache's prefix) raises ``CodecError``,
+    without its text. A ``prompt`` or ``llm_string``
     that is not a ``str`` raises ``InvalidKeyError``; ``return_val`` that is not a
-    sequence of ``Generation`` raises ``InvalidArgumentTypeError`` and stores nothing.
+    sequence of ``Generation`` raises ``InvalidArgumentTypeError``, and generations
+    that would not revive (a field ``dumps`` cannot serialise, a class outside the
+    list) raise ``CodecError``: both store nothing. ``update`` checks this by reviving
+    what it is about to store (about as costly as a ``lookup``), so the cache never
+    holds an entry it cannot read.
 
     The store runs as in ``MemkvStore`` (in the caller for a ``LocalMemoryStore``, on
     the adapter's worker loop otherwise; sync and async calls mix freely), and the
@@ -344,31 +348,31 @@ class MemkvLLMCache(BridgedAdapter, BaseCache):
                     f"{type(generation).__name__}"
                 )
         try:
-            return dumps(generations)
+            text = dumps(generations)
         except Exception as err:
             failure = type(err).__name__
+        else:
+            # dumps() writes a placeholder for a field it cannot serialise, which loads()
+            # refuses: check now, so that the cache never holds an entry it cannot read.
+            revived, failure = _revive(text)
+            if revived is not None:
+                return text
         # Raised outside the except block: the serialiser's message may quote the value.
-        raise CodecError(f"{type(self).__name__} cannot serialise these generations: {failure}")
+        raise CodecError(
+            f"{type(self).__name__} cannot store these generations so that they revive "
+            f"({failure}): a field is not serialisable, or a class is outside "
+            'allowed_objects="core"; nothing was written'
+        )
 
     def _generations(self, entry: MemoryEntry[Any] | None) -> RETURN_VAL_TYPE | None:
         if entry is None:
             return None
-        failure = "not a serialised list of generations"
-        if isinstance(entry.value, str):
-            try:
-                with suppress_langchain_beta_warning():
-                    revived = loads(entry.value, allowed_objects="core")
-            except Exception as err:
-                failure = type(err).__name__
-            else:
-                if isinstance(revived, list) and all(
-                    isinstance(generation, Generation) for generation in revived
-                ):
-                    return revived
+        revived, failure = _revive(entry.value)
+        if revived is not None:
+            return revived
         raise CodecError(
             f"{type(self).__name__} cannot revive the entry at {entry.key!r} ({failure}): "
-            "it was written by something else, or holds a class outside "
-            'allowed_objects="core"; clear() removes it'
+            "it was written by something else; clear() removes it"
         )
 
     def _check_no_options(self, options: Mapping[str, Any]) -> None:
@@ -382,3 +386,17 @@ def _text(name: str, text: object) -> str:
     if not isinstance(text, str):
         raise InvalidKeyError(f"{name} must be str, not {type(text).__name__}")
     return text
+
+
+def _revive(text: object) -> tuple[list[Generation] | None, str]:
+    """The generations serialised in ``text``, or ``None`` and why not (never its text)."""
+    if not isinstance(text, str):
+        return None, "not a serialised list of generations"
+    try:
+        with suppress_langchain_beta_warning():
+            revived = loads(text, allowed_objects="core")
+    except Exception as err:
+        return None, type(err).__name__
+    if isinstance(revived, list) and all(isinstance(item, Generation) for item in revived):
+        return revived, ""
+    return None, "not a serialised list of generations"
