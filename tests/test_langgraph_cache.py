@@ -21,6 +21,7 @@ import pytest
 from langgraph.cache.base import BaseCache
 from langgraph.cache.memory import InMemoryCache
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.func import entrypoint, task
 from langgraph.graph import START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import CachePolicy
@@ -557,3 +558,47 @@ def test_a_cached_node_runs_again_after_its_ttl(core: str, clock: FakeClock) -> 
         clock.tick(1)
         assert graph.invoke({"x": 3, "log": []}) == expected(3)
         assert node.runs == [3, 3]
+
+
+def test_parallel_cached_nodes_each_run_once(cache: MemkvCache[Any]) -> None:
+    class Fan(TypedDict):
+        x: int
+        results: Annotated[list[str], operator.add]
+
+    runs: list[str] = []
+    lock = threading.Lock()
+
+    def branch(name: str) -> Callable[[Fan], dict[str, Any]]:
+        def run(state: Fan) -> dict[str, Any]:
+            with lock:
+                runs.append(name)
+            return {"results": [f"{name}:{state['x']}"]}
+
+        return run
+
+    builder = StateGraph(Fan)
+    for name in ("a", "b", "c", "d"):
+        builder.add_node(name, branch(name), cache_policy=CachePolicy(ttl=60))
+        builder.add_edge(START, name)
+    graph = builder.compile(cache=cache)
+    first = graph.invoke({"x": 1, "results": []})
+    assert sorted(first["results"]) == ["a:1", "b:1", "c:1", "d:1"]
+    assert graph.invoke({"x": 1, "results": []}) == first
+    assert sorted(runs) == ["a", "b", "c", "d"]
+
+
+def test_a_cached_task_of_the_functional_api_runs_once(cache: MemkvCache[Any]) -> None:
+    runs: list[int] = []
+
+    @task(cache_policy=CachePolicy(ttl=60))
+    def square(x: int) -> int:
+        runs.append(x)
+        return x * x
+
+    @entrypoint(cache=cache)
+    def workflow(numbers: list[int]) -> list[int]:
+        return [future.result() for future in [square(n) for n in numbers]]
+
+    assert workflow.invoke([2, 3]) == [4, 9]
+    assert workflow.invoke([3, 4]) == [9, 16]
+    assert sorted(runs) == [2, 3, 4]
