@@ -45,9 +45,10 @@ class MemkvCache(BridgedAdapter, BaseCache[ValueT]):
     ``set_many`` per distinct TTL; ``clear``/``aclear`` remove the entries of exactly
     the namespaces given (not their sub-namespaces), or with ``None`` every entry of
     this cache, and nothing else in the store (``graph.clear_cache()`` calls it). Each
-    call costs one batch operation on the store (``get_many``, ``set_many``) or one
-    prefix ``clear`` per namespace. Expiry is the store's own: local entries expire
-    on the store's clock, Redis entries on the server.
+    call costs one batch operation on the store (``get_many``, ``set_many``), or one
+    prefix ``clear`` per namespace (on Redis a ``SCAN`` of the store's namespace
+    each). Expiry is the store's own: local entries expire on the store's clock, Redis
+    entries on the server.
 
     **Keys.** Every entry lives under ``"langgraph-cache:"``, then the number of
     labels and each label prefixed by its length, then the key: ``("a:b", "c")``,
@@ -157,7 +158,7 @@ class MemkvCache(BridgedAdapter, BaseCache[ValueT]):
 
     def _prefix(self, namespace: object) -> tuple[Namespace, str]:
         """The namespace as a tuple of ``str``, and the key prefix of its entries."""
-        if isinstance(namespace, (str, bytes)) or not isinstance(namespace, (tuple, list)):
+        if not isinstance(namespace, (tuple, list)):
             raise InvalidKeyError(
                 f"a namespace must be a tuple of str labels, not {type(namespace).__name__}"
             )
@@ -169,7 +170,7 @@ class MemkvCache(BridgedAdapter, BaseCache[ValueT]):
 
     def _full_key(self, pair: object) -> tuple[FullKey, str]:
         """A checked ``(namespace, key)`` pair, and its store key."""
-        if isinstance(pair, (str, bytes)) or not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise InvalidKeyError(
                 f"cache keys must be (namespace, key) pairs, not {type(pair).__name__}"
             )
