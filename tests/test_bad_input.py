@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import pytest
 from click.testing import CliRunner
+from langchain_core.outputs import Generation
 from opentelemetry.metrics import get_meter
 
 import memkv
@@ -36,7 +37,9 @@ from memkv import (
 )
 from memkv.cli import cli
 from memkv.errors import MemKVError
-from memkv.integrations.langchain import MemkvByteStore, MemkvStore
+from memkv.integrations._sync_bridge import BridgedAdapter
+from memkv.integrations.langchain import MemkvByteStore, MemkvLLMCache, MemkvStore
+from memkv.integrations.langgraph import MemkvCache
 from memkv.metrics import otel, prometheus
 from tests.helpers import StoreHarness
 
@@ -200,6 +203,42 @@ ADAPTER_METHODS: dict[str, dict[str, Arg]] = {
     "amdelete": {"keys": KEYS},
     "yield_keys": {"prefix": given("probe")},
     "ayield_keys": {"prefix": given("probe")},
+    "close": NO_ARGS,
+    "aclose": NO_ARGS,
+}
+
+CACHE_KEYS = Arg(lambda: [(("probe",), "key")])
+CACHE_PAIRS = Arg(lambda: {(("probe",), "key"): ("value", 60)})
+
+LANGGRAPH_CACHE_METHODS: dict[str, dict[str, Arg]] = {
+    "__init__": {"store": Arg(LocalMemoryStore), "serde": given(None)},
+    "get": {"keys": CACHE_KEYS},
+    "aget": {"keys": CACHE_KEYS},
+    "set": {"pairs": CACHE_PAIRS},
+    "aset": {"pairs": CACHE_PAIRS},
+    # None clears the cache's own entries, never the seeds: no value is skipped.
+    "clear": {"namespaces": Arg(lambda: [("probe",)])},
+    "aclear": {"namespaces": Arg(lambda: [("probe",)])},
+    "close": NO_ARGS,
+    "aclose": NO_ARGS,
+}
+
+LLM_CACHE_METHODS: dict[str, dict[str, Arg]] = {
+    "__init__": {"store": Arg(LocalMemoryStore), "ttl": given(None)},
+    "lookup": {"prompt": given("probe"), "llm_string": given("model")},
+    "alookup": {"prompt": given("probe"), "llm_string": given("model")},
+    "update": {
+        "prompt": given("probe"),
+        "llm_string": given("model"),
+        "return_val": Arg(lambda: [Generation(text="probe")]),
+    },
+    "aupdate": {
+        "prompt": given("probe"),
+        "llm_string": given("model"),
+        "return_val": Arg(lambda: [Generation(text="probe")]),
+    },
+    "clear": NO_ARGS,  # options (**kwargs): test_langchain_llm_cache refuses them
+    "aclear": NO_ARGS,
     "close": NO_ARGS,
     "aclose": NO_ARGS,
 }
@@ -378,7 +417,7 @@ async def dispose(result: object, keep: object) -> None:
         return
     if isinstance(result, MemoryStore):
         await result.close()
-    elif isinstance(result, MemkvStore):
+    elif isinstance(result, BridgedAdapter):
         await result.aclose()
 
 
@@ -445,6 +484,26 @@ async def test_bad_input_to_a_langchain_adapter(adapter_type: type[MemkvStore[An
         adapter = adapter_type(seeded)
         await call_badly(call, adapter, keep=adapter)
         await assert_seeds_kept(seeded, call.label)
+
+
+@pytest.mark.parametrize(
+    ("cache_type", "table"),
+    [(MemkvCache, LANGGRAPH_CACHE_METHODS), (MemkvLLMCache, LLM_CACHE_METHODS)],
+    ids=["langgraph", "langchain-llm"],
+)
+async def test_bad_input_to_a_model_call_cache(
+    cache_type: type[Any], table: dict[str, dict[str, Arg]]
+) -> None:
+    names = ["__init__", *public_methods(cache_type)]
+    calls = list(bad_calls(cache_type(LocalMemoryStore()), table, names))
+    assert len(calls) > 150
+    for call in calls:
+        seeded: LocalMemoryStore[Any] = LocalMemoryStore()
+        await seeded.set_many(SEEDS)
+        cache = cache_type(seeded)
+        await call_badly(call, cache, keep=cache)
+        await assert_seeds_kept(seeded, call.label)
+        await cache.aclose()
 
 
 @pytest.mark.parametrize("codec_type", [codecs.MsgpackCodec, codecs.JsonCodec, codecs.PickleCodec])

@@ -75,6 +75,7 @@ def test_the_public_modules_have_examples() -> None:
         "memkv._core_py",
         "memkv.codecs",
         "memkv.integrations.langchain",
+        "memkv.integrations.langgraph.cache",
         "memkv.local",
         "memkv.manager",
         "memkv.metrics.otel",

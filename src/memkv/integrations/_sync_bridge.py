@@ -23,6 +23,9 @@ made on the worker itself (from inside one of the store's operations) raises
 ``ReentrantCallError`` instead of deadlocking. After ``fork()`` the child starts a
 worker of its own. A bridge dropped without closing closes its store and stops its
 worker when garbage-collected.
+
+``BridgedAdapter`` gives an adapter that owns a bridge its ``close``/``aclose`` and its
+sync and async context managers.
 """
 
 from __future__ import annotations
@@ -35,14 +38,16 @@ import os
 import threading
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Generator
+from types import TracebackType
 from typing import Any, TypeVar
 
 from memkv.errors import EventLoopError, ReentrantCallError, StoreClosedError
 from memkv.store import MemoryStore
 
-__all__ = ["SyncBridge"]
+__all__ = ["BridgedAdapter", "SyncBridge"]
 
 R = TypeVar("R")
+_Adapter = TypeVar("_Adapter", bound="BridgedAdapter")
 
 _worker_numbers = itertools.count(1)
 _DEADLOCK = (
@@ -234,6 +239,52 @@ class SyncBridge:
         worker = self._worker
         if worker is not None and worker.pid == os.getpid():
             worker.submit_nowait(_aclose(scan))
+
+
+class BridgedAdapter:
+    """Closing for an adapter whose store runs through ``self._bridge`` (a ``SyncBridge``).
+
+    ``close()`` / ``with`` and ``await aclose()`` / ``async with``.
+    """
+
+    _bridge: SyncBridge
+
+    def close(self) -> None:
+        """Close the store where it runs, stop the worker and wait for its thread.
+
+        Safe to call twice. Calls still running in other threads are cancelled.
+        """
+        self._bridge.close()
+
+    async def aclose(self) -> None:
+        """Async ``close``: awaits the store's ``close()`` where the store runs.
+
+        Safe to call twice. Waiting for the worker thread to exit blocks the loop
+        briefly (the thread only has to wind its loop down).
+        """
+        await self._bridge.aclose()
+
+    def __enter__(self: _Adapter) -> _Adapter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self: _Adapter) -> _Adapter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
 
 class _Worker:

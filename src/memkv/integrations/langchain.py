@@ -1,4 +1,5 @@
-"""LangChain key-value stores backed by any memkv store: ``MemkvStore`` and ``MemkvByteStore``.
+"""LangChain over any memkv store: the key-value stores ``MemkvStore`` and
+``MemkvByteStore``, and the LLM cache ``MemkvLLMCache``.
 
 Needs the ``langchain`` extra: ``pip install "memkv[langchain]"``.
 
@@ -12,11 +13,15 @@ Needs the ``langchain`` extra: ``pip install "memkv[langchain]"``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncGenerator, Generator, Mapping, Sequence
-from types import TracebackType
 from typing import Any, TypeVar
 
 try:
+    from langchain_core._api import suppress_langchain_beta_warning
+    from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
+    from langchain_core.load import dumps, loads
+    from langchain_core.outputs import Generation
     from langchain_core.stores import BaseStore
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -24,8 +29,8 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     ) from err
 
 from memkv.entry import MemoryEntry
-from memkv.errors import CodecError
-from memkv.integrations._sync_bridge import SyncBridge
+from memkv.errors import CodecError, InvalidArgumentTypeError, InvalidKeyError
+from memkv.integrations._sync_bridge import BridgedAdapter, SyncBridge
 from memkv.store import TTL, MemoryStore
 from memkv.validation import (
     check_batch_size,
@@ -37,16 +42,15 @@ from memkv.validation import (
     ttl_seconds,
 )
 
-__all__ = ["MemkvByteStore", "MemkvStore"]
+__all__ = ["MemkvByteStore", "MemkvLLMCache", "MemkvStore"]
 
 V = TypeVar("V")
-_Self = TypeVar("_Self", bound="MemkvStore[Any]")
 
 # Worker threads are named memkv-langchain-<n> (for thread dumps and the tests).
 _WORKER_THREAD_PREFIX = "memkv-langchain-"
 
 
-class MemkvStore(BaseStore[str, V]):
+class MemkvStore(BridgedAdapter, BaseStore[str, V]):
     """A LangChain ``BaseStore[str, V]`` over any memkv ``MemoryStore``, sync and async.
 
     ``mget``/``amget`` return the values (``None`` where a key is missing or expired),
@@ -174,45 +178,6 @@ class MemkvStore(BaseStore[str, V]):
         self._bridge.check_open()
         return self._bridge.akeys(prefix, self._batch_size)
 
-    # -- lifecycle -----------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Close the store where it runs, stop the worker and wait for its thread.
-
-        Safe to call twice. Calls still running in other threads are cancelled.
-        """
-        self._bridge.close()
-
-    async def aclose(self) -> None:
-        """Async ``close``: awaits the store's ``close()`` where the store runs.
-
-        Safe to call twice. Waiting for the worker thread to exit blocks the loop
-        briefly (the thread only has to wind its loop down).
-        """
-        await self._bridge.aclose()
-
-    def __enter__(self: _Self) -> _Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self: _Self) -> _Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._store!r}, ttl={self._ttl!r})"
 
@@ -265,3 +230,173 @@ class MemkvByteStore(MemkvStore[bytes]):
                     "not bytes: the store holds values written by something else"
                 )
         return values
+
+
+class MemkvLLMCache(BridgedAdapter, BaseCache):
+    """A LangChain LLM cache (``langchain_core.caches.BaseCache``) over any memkv store.
+
+    Caches what a chat model or LLM returned for a prompt and model configuration, so
+    that the same call is answered without the model: pass it to ``set_llm_cache``
+    (every model) or as a model's ``cache=``. ``lookup``/``alookup`` return the cached
+    generations or ``None``, ``update``/``aupdate`` store them with the cache's ``ttl``
+    (``None``: until cleared or evicted; a bad ``ttl`` raises ``InvalidTTLError``),
+    ``clear``/``aclear`` remove every entry this cache wrote and nothing else in the
+    store. Each call is one operation on the store (``get``, ``set``, ``clear``).
+
+    **Keys.** Every entry lives at ``"langchain-llm-cache:"`` followed by the SHA-256
+    (hex) of the prompt and the model string, each prefixed with its length, so that
+    no two ``(prompt, llm_string)`` pairs share a key and neither text appears in the
+    store. A store may hold other data besides the cache.
+
+    **Values** are the generations serialised by ``langchain_core.load.dumps`` (a JSON
+    ``str``, kept as is by every codec) and revived by ``loads`` with
+    ``allowed_objects="core"``: ``Generation``, ``ChatGeneration`` and LangChain's
+    message classes round-trip through Redis too; an entry that does not revive (data
+    written by something else under the cache's prefix) raises ``CodecError``,
+    without its text. A ``prompt`` or ``llm_string``
+    that is not a ``str`` raises ``InvalidKeyError``; ``return_val`` that is not a
+    sequence of ``Generation`` raises ``InvalidArgumentTypeError``, and generations
+    that would not revive (a field ``dumps`` cannot serialise, a class outside the
+    list) raise ``CodecError``: both store nothing. ``update`` checks this by reviving
+    what it is about to store (about as costly as a ``lookup``), so the cache never
+    holds an entry it cannot read.
+
+    The store runs as in ``MemkvStore`` (in the caller for a ``LocalMemoryStore``, on
+    the adapter's worker loop otherwise; sync and async calls mix freely), and the
+    cache closes like it: ``close()``/``with``, ``await aclose()``/``async with``.
+
+    >>> from langchain_core.globals import get_llm_cache, set_llm_cache
+    >>> from langchain_core.language_models import FakeListChatModel
+    >>> from memkv import LocalMemoryStore
+    >>> previous = get_llm_cache()
+    >>> model = FakeListChatModel(responses=["Paris", "Lyon"])
+    >>> with MemkvLLMCache(LocalMemoryStore(), ttl=3600) as cache:
+    ...     set_llm_cache(cache)
+    ...     first = model.invoke("What is the capital of France?").content
+    ...     again = model.invoke("What is the capital of France?").content
+    >>> set_llm_cache(previous)
+    >>> first, again  # the second call never reached the model
+    ('Paris', 'Paris')
+    """
+
+    #: The key prefix of every entry (``clear`` removes exactly these).
+    KEY_PREFIX = "langchain-llm-cache:"
+
+    def __init__(self, store: MemoryStore[Any], ttl: TTL = None) -> None:
+        check_store(store)
+        ttl_seconds(ttl)
+        self._store = store
+        self._ttl = ttl
+        self._bridge = SyncBridge(store, label=repr(self), thread_prefix=_WORKER_THREAD_PREFIX)
+
+    def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
+        """The generations cached for ``prompt`` and ``llm_string``, or ``None``."""
+        key = self._key(prompt, llm_string)
+        return self._generations(self._bridge.call(self._store.get(key)))
+
+    def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
+        """Cache ``return_val`` (a sequence of ``Generation``) with the cache's ``ttl``."""
+        key = self._key(prompt, llm_string)
+        text = self._dumps(return_val)
+        self._bridge.call(self._store.set(key, text, self._ttl))
+
+    def clear(self, **kwargs: Any) -> None:
+        """Remove every entry of this cache (and nothing else); takes no options."""
+        self._check_no_options(kwargs)
+        self._bridge.call(self._store.clear(self.KEY_PREFIX))
+
+    async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
+        """Async ``lookup``."""
+        key = self._key(prompt, llm_string)
+        return self._generations(await self._bridge.run(self._store.get(key)))
+
+    async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
+        """Async ``update``."""
+        key = self._key(prompt, llm_string)
+        text = self._dumps(return_val)
+        await self._bridge.run(self._store.set(key, text, self._ttl))
+
+    async def aclear(self, **kwargs: Any) -> None:
+        """Async ``clear``."""
+        self._check_no_options(kwargs)
+        await self._bridge.run(self._store.clear(self.KEY_PREFIX))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._store!r}, ttl={self._ttl!r})"
+
+    # -- keys and values -----------------------------------------------------------------
+
+    def _key(self, prompt: object, llm_string: object) -> str:
+        prompt = _text("prompt", prompt)
+        llm_string = _text("llm_string", llm_string)
+        self._bridge.check_open()
+        # The length prefix makes the pair -> text step injective; "surrogatepass" keeps
+        # lone surrogates (valid in a str) distinct instead of failing.
+        joined = f"{len(prompt)}:{prompt}{llm_string}".encode("utf-8", "surrogatepass")
+        return self.KEY_PREFIX + hashlib.sha256(joined).hexdigest()
+
+    def _dumps(self, return_val: object) -> str:
+        if isinstance(return_val, (str, bytes, Mapping)) or not isinstance(return_val, Sequence):
+            raise InvalidArgumentTypeError(
+                f"return_val must be a sequence of Generation, not {type(return_val).__name__}"
+            )
+        generations = list(return_val)
+        for generation in generations:
+            if not isinstance(generation, Generation):
+                raise InvalidArgumentTypeError(
+                    "return_val must be a sequence of Generation; it holds a "
+                    f"{type(generation).__name__}"
+                )
+        try:
+            text = dumps(generations)
+        except Exception as err:
+            failure = type(err).__name__
+        else:
+            # dumps() writes a placeholder for a field it cannot serialise, which loads()
+            # refuses: check now, so that the cache never holds an entry it cannot read.
+            revived, failure = _revive(text)
+            if revived is not None:
+                return text
+        # Raised outside the except block: the serialiser's message may quote the value.
+        raise CodecError(
+            f"{type(self).__name__} cannot store these generations so that they revive "
+            f"({failure}): a field is not serialisable, or a class is outside "
+            'allowed_objects="core"; nothing was written'
+        )
+
+    def _generations(self, entry: MemoryEntry[Any] | None) -> RETURN_VAL_TYPE | None:
+        if entry is None:
+            return None
+        revived, failure = _revive(entry.value)
+        if revived is not None:
+            return revived
+        raise CodecError(
+            f"{type(self).__name__} cannot revive the entry at {entry.key!r} ({failure}): "
+            "it was written by something else; clear() removes it"
+        )
+
+    def _check_no_options(self, options: Mapping[str, Any]) -> None:
+        if options:
+            raise InvalidArgumentTypeError(
+                f"{type(self).__name__}.clear() takes no options, got {sorted(options)}"
+            )
+
+
+def _text(name: str, text: object) -> str:
+    if not isinstance(text, str):
+        raise InvalidKeyError(f"{name} must be str, not {type(text).__name__}")
+    return text
+
+
+def _revive(text: object) -> tuple[list[Generation] | None, str]:
+    """The generations serialised in ``text``, or ``None`` and why not (never its text)."""
+    if not isinstance(text, str):
+        return None, "not a serialised list of generations"
+    try:
+        with suppress_langchain_beta_warning():
+            revived = loads(text, allowed_objects="core")
+    except Exception as err:
+        return None, type(err).__name__
+    if isinstance(revived, list) and all(isinstance(item, Generation) for item in revived):
+        return revived, ""
+    return None, "not a serialised list of generations"
