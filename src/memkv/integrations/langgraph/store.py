@@ -14,7 +14,6 @@ Needs the ``langgraph`` extra: ``pip install "memkv[langgraph]"``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import math
 import operator
@@ -55,7 +54,12 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from memkv.codecs import Codec, encode_value
 from memkv.entry import MemoryEntry
-from memkv.errors import CodecError, InvalidArgumentError, InvalidArgumentTypeError
+from memkv.errors import (
+    CodecError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    InvalidKeyError,
+)
 from memkv.integrations._sync_bridge import SyncBridge
 from memkv.store import MemoryStore
 from memkv.validation import check_key, check_store, ttl_seconds
@@ -79,6 +83,9 @@ _RANGE_OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "$lt": operator.lt,
     "$lte": operator.le,
 }
+#: Where ``aget`` keeps the ``Item`` it built in a document held by the local store
+#: (never in a document that a codec encodes: that store runs inline, no codec).
+_ITEM = "_item"
 _OPERATORS = frozenset({"$eq", "$ne", *_RANGE_OPERATORS})
 
 
@@ -238,31 +245,41 @@ class MemkvStore(BaseStore):
         self, namespace: tuple[str, ...], key: str, *, refresh_ttl: bool | None = None
     ) -> Item | None:
         """The item at ``namespace``/``key``, or ``None``; ``refresh_ttl`` as LangGraph's."""
-        op = GetOp(namespace, str(key), self._refresh(refresh_ttl))
+        op = GetOp(namespace, _key_text(key), self._refresh(refresh_ttl))
         return cast("Item | None", self.batch([op])[0])
 
     async def aget(
         self, namespace: tuple[str, ...], key: str, *, refresh_ttl: bool | None = None
     ) -> Item | None:
         """Async ``get``. On the local store, a present item costs one core lookup."""
-        memkv_key = _item_key(namespace, str(key))
+        key = _key_text(key)
+        memkv_key = _item_key(namespace, key)
         refresh = self._refresh(refresh_ttl)
         get_now = self._get_now
         if get_now is None or self._bridge.closed:
+            # Not inline (or closed: batch raises StoreClosedError): the full path.
             return cast("Item | None", (await self.abatch([GetOp(namespace, key, refresh)]))[0])
         entry = get_now(memkv_key)
         if entry is None:
             return None
-        document = _document(entry)
+        document = entry.value
+        item: Item | None = document.get(_ITEM) if type(document) is dict else None
+        if item is None:
+            document = _document(entry)
+            item = Item(
+                value=document["value"],
+                key=key,
+                namespace=namespace,
+                created_at=entry.created_at,
+                updated_at=entry.updated_at,
+            )
+            # The local store holds this document by reference until the item is
+            # written again (a new document) or removed: keep the Item beside it, so
+            # that the next aget returns it as InMemoryStore returns its own.
+            document[_ITEM] = item
         if refresh and "ttl" in document:
             await self._store.touch(memkv_key, document["ttl"] * 60.0)
-        return Item(
-            value=document["value"],
-            key=key if type(key) is str else str(key),
-            namespace=namespace,
-            created_at=entry.created_at,
-            updated_at=entry.updated_at,
-        )
+        return item
 
     def search(
         self,
@@ -303,7 +320,11 @@ class MemkvStore(BaseStore):
         *,
         ttl: float | NotProvided | None = NOT_PROVIDED,
     ) -> None:
-        """Write ``value`` at ``namespace``/``key``; ``ttl`` in minutes (``None``: never)."""
+        """Write ``value`` at ``namespace``/``key`` (``None`` removes the item).
+
+        ``ttl`` in minutes (``None``: never expires; not given: ``default_ttl``);
+        ``index`` as LangGraph's (``False``: no vectors; a list: these fields).
+        """
         self.batch([self._put_op(namespace, key, value, index, ttl)])
 
     async def aput(
@@ -320,11 +341,11 @@ class MemkvStore(BaseStore):
 
     def delete(self, namespace: tuple[str, ...], key: str) -> None:
         """Remove the item at ``namespace``/``key`` (nothing happens when it is absent)."""
-        self.batch([PutOp(namespace, str(key), None)])
+        self.batch([PutOp(namespace, _key_text(key), None)])
 
     async def adelete(self, namespace: tuple[str, ...], key: str) -> None:
         """Async ``delete``."""
-        await self.abatch([PutOp(namespace, str(key), None)])
+        await self.abatch([PutOp(namespace, _key_text(key), None)])
 
     def list_namespaces(
         self,
@@ -409,11 +430,9 @@ class MemkvStore(BaseStore):
         index: Literal[False] | list[str] | None,
         ttl: float | NotProvided | None,
     ) -> PutOp:
-        if value is None:
-            raise InvalidArgumentTypeError("put() needs a mapping value; use delete() to remove")
         if isinstance(ttl, NotProvided):
             ttl = self.ttl_config.get("default_ttl") if self.ttl_config else None
-        return PutOp(namespace, str(key), value, index, ttl)
+        return PutOp(namespace, _key_text(key), value, index, ttl)
 
     def _embeddings(self) -> Embeddings:
         assert self.embeddings is not None  # a plan only asks when an index is set
@@ -462,11 +481,7 @@ class MemkvStore(BaseStore):
                 f"a PutOp value must be a mapping or None, not {type(op.value).__name__}"
             )
         if op.ttl is not None:
-            if isinstance(op.ttl, bool) or not isinstance(op.ttl, (int, float)):
-                raise InvalidArgumentTypeError(
-                    f"ttl must be minutes as int or float, or None, not {type(op.ttl).__name__}"
-                )
-            ttl_seconds(op.ttl * 60.0 if math.isfinite(op.ttl) else op.ttl)
+            _check_minutes(op.ttl, "ttl")
         index = op.index
         if (index is not None and index is not False) and (
             not isinstance(index, list) or not all(isinstance(p, str) for p in index)
@@ -525,6 +540,7 @@ class MemkvStore(BaseStore):
         prefix = KEY_PREFIX + _namespace_prefix(op.namespace_prefix)
         keys = [key async for key in self._store.scan(prefix, 1000)]
         candidates: list[tuple[tuple[str, ...], int, str, MemoryEntry[Any], dict[str, Any]]] = []
+        namespaces: dict[str, tuple[str, ...]] = {}  # decoded once per search
         for start in range(0, len(keys), 1000):
             chunk = await self._store.get_many(keys[start : start + 1000])
             for entry in chunk:
@@ -533,7 +549,13 @@ class MemkvStore(BaseStore):
                 document = _document(entry)
                 if op.filter and not _matches(document["value"], op.filter):
                     continue
-                namespace, key = _split_key(entry.key)
+                memkv_key = entry.key
+                end = memkv_key.index("//", len(KEY_PREFIX))
+                encoded = memkv_key[len(KEY_PREFIX) : end + 1]
+                namespace = namespaces.get(encoded)
+                if namespace is None:
+                    namespace = namespaces[encoded] = _decode_namespace(encoded)
+                key = memkv_key[end + 2 :]
                 candidates.append((namespace, document["order"], key, entry, document))
         candidates.sort(key=operator.itemgetter(0, 1, 2))
         query_vector = plan.query_vectors.get(op.query) if op.query else None
@@ -647,26 +669,39 @@ def _escape(label: str) -> str:
     return label.replace("%", "%25").replace("/", "%2F")
 
 
-@functools.lru_cache(maxsize=4096)
-def _encoded_namespace(namespace: tuple[str, ...]) -> str:
-    """``namespace`` as the start of its items' keys (after ``KEY_PREFIX``), checked.
-
-    Cached: only namespaces that pass LangGraph's checks are ever stored here.
-    """
-    validate_op_namespace(GetOp(namespace, ""))
-    return "".join(_escape(label) + "/" for label in namespace)
+#: Encoded namespaces by namespace (only checked ones), cleared when it grows past
+#: _MAX_ENCODED: a dict lookup is what makes ``aget`` cheaper than encoding each time.
+_ENCODED: dict[tuple[str, ...], str] = {}
+_MAX_ENCODED = 4096
 
 
 def _namespace_prefix(namespace: object) -> str:
+    """``namespace`` as the start of its items' keys (after ``KEY_PREFIX``), checked."""
     if type(namespace) is not tuple:
         raise InvalidArgumentTypeError(
             f"a namespace must be a tuple of str labels, not {type(namespace).__name__}"
         )
     try:
-        return _encoded_namespace(namespace)
-    except TypeError:  # an unhashable label: LangGraph's check says which
-        validate_op_namespace(GetOp(namespace, ""))
-        raise
+        encoded = _ENCODED.get(namespace)
+    except TypeError:  # an unhashable label
+        encoded = None
+    if encoded is None:
+        validate_op_namespace(GetOp(namespace, ""))  # InvalidNamespaceError, as LangGraph
+        encoded = "".join(_escape(label) + "/" for label in namespace)
+        if len(_ENCODED) >= _MAX_ENCODED:
+            _ENCODED.clear()
+        _ENCODED[namespace] = encoded
+    return encoded
+
+
+def _key_text(key: object) -> str:
+    """An item key as LangGraph's methods take it: ``str(key)``."""
+    if type(key) is str:
+        return key
+    try:
+        return str(key)
+    except ValueError:  # an int too long for its decimal text
+        raise InvalidKeyError(f"a key of type {type(key).__name__} has no str()") from None
 
 
 def _item_key(namespace: object, key: object) -> str:
@@ -677,12 +712,7 @@ def _item_key(namespace: object, key: object) -> str:
 
 def _decode_namespace(encoded: str) -> tuple[str, ...]:
     """The namespace of an encoded ``"a/b/"`` (the labels, each followed by ``/``)."""
-    return tuple(unquote(label) for label in encoded[:-1].split("/"))
-
-
-def _split_key(memkv_key: str) -> tuple[tuple[str, ...], str]:
-    end = memkv_key.index("//", len(KEY_PREFIX))
-    return _decode_namespace(memkv_key[len(KEY_PREFIX) : end + 1]), memkv_key[end + 2 :]
+    return tuple(unquote(label) if "%" in label else label for label in encoded[:-1].split("/"))
 
 
 def _document(entry: MemoryEntry[Any]) -> dict[str, Any]:
@@ -724,6 +754,15 @@ def _check_count(value: object, name: str) -> int:
     if value < 0:
         raise InvalidArgumentError(f"{name} must be at least 0, got {value}")
     return value
+
+
+def _check_minutes(minutes: object, name: str) -> None:
+    """Check a LangGraph TTL (minutes) the way memkv checks seconds."""
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)):
+        raise InvalidArgumentTypeError(
+            f"{name} must be minutes as int or float, or None, not {type(minutes).__name__}"
+        )
+    ttl_seconds(minutes * 60, name)
 
 
 def _check_list_op(op: ListNamespacesOp) -> None:
@@ -782,9 +821,7 @@ def _check_ttl_config(ttl: object) -> TTLConfig | None:
     config = cast("TTLConfig", dict(ttl))
     default = config.get("default_ttl")
     if default is not None:
-        if isinstance(default, bool) or not isinstance(default, (int, float)):
-            raise InvalidArgumentTypeError("default_ttl must be minutes as int or float, or None")
-        ttl_seconds(default * 60.0 if math.isfinite(default) else default, "default_ttl")
+        _check_minutes(default, "default_ttl")
     for flag in ("refresh_on_read", "omit_expired"):
         if flag in config:
             _check_bool(config[flag], flag)
