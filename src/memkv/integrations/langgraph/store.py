@@ -223,7 +223,9 @@ class MemkvStore(BaseStore):
         plan = self._plan(ops)
         if plan.queries:
             embeddings = self._embeddings()
-            plan.query_vectors = {query: embeddings.embed_query(query) for query in plan.queries}
+            plan.query_vectors = {
+                query: list(map(float, embeddings.embed_query(query))) for query in plan.queries
+            }
         if plan.texts:
             plan.text_vectors = self._embeddings().embed_documents(plan.texts)
         return self._bridge.call(self._execute(plan))
@@ -234,7 +236,10 @@ class MemkvStore(BaseStore):
         if plan.queries:
             embeddings = self._embeddings()
             vectors = await asyncio.gather(*map(embeddings.aembed_query, plan.queries))
-            plan.query_vectors = dict(zip(plan.queries, vectors, strict=True))
+            plan.query_vectors = {
+                query: list(map(float, vector))
+                for query, vector in zip(plan.queries, vectors, strict=True)
+            }
         if plan.texts:
             plan.text_vectors = await self._embeddings().aembed_documents(plan.texts)
         return await self._bridge.run(self._execute(plan))
@@ -430,6 +435,11 @@ class MemkvStore(BaseStore):
         index: Literal[False] | list[str] | None,
         ttl: float | NotProvided | None,
     ) -> PutOp:
+        # LangGraph's put() rules (a batch may write anywhere else but ()).
+        if type(namespace) is tuple and namespace[:1] == ("langgraph",):
+            raise InvalidNamespaceError(
+                f'Root label for namespace cannot be "langgraph". Got: {namespace}'
+            )
         if isinstance(ttl, NotProvided):
             ttl = self.ttl_config.get("default_ttl") if self.ttl_config else None
         return PutOp(namespace, _key_text(key), value, index, ttl)
@@ -621,7 +631,10 @@ class MemkvStore(BaseStore):
                 document["ttl"] = op.ttl
             paths = plan.put_paths.get(memkv_key)
             if paths:
-                document["vectors"] = [[path, list(next(vectors))] for path, _ in paths]
+                # float(): embedding models may hand back numpy floats, which no codec takes.
+                document["vectors"] = [
+                    [path, list(map(float, next(vectors)))] for path, _ in paths
+                ]
             seconds = None if op.ttl is None else op.ttl * 60.0
             by_ttl.setdefault(seconds, []).append((memkv_key, document))
         if len(by_ttl) > 1:
