@@ -118,8 +118,9 @@ class MemkvStore(BaseStore):
     encode raises ``CodecError`` and nothing of the batch is written).
     ``created_at`` and ``updated_at`` are the memkv entry's own (timezone-aware
     UTC; overwriting keeps ``created_at``, which ``InMemoryStore`` resets). On the
-    local store, values are held by reference, as ``InMemoryStore`` holds them:
-    do not mutate an item's ``value`` in place.
+    local store, values are held by reference, as ``InMemoryStore`` holds them, and
+    ``aget`` returns the same ``Item`` until the item is written again (kept in the
+    document under ``"_item"``): do not mutate an item or its ``value`` in place.
 
     **Order.** ``search`` returns namespaces in sorted order (as ``list_namespaces``
     sorts them) and, within a namespace, items in the order they were first
