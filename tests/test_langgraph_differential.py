@@ -272,6 +272,17 @@ async def test_memkv_store_answers_as_in_memory_store_on_redis(
     assert sum(compared) >= len(SEEDS) * OPS_PER_SEED
 
 
+async def test_memkv_store_answers_as_in_memory_store_on_a_near_cached_redis_store(
+    redis_url: str,
+) -> None:
+    """Reads served from the near cache answer as the server would (10 seeds)."""
+    compared = []
+    for seed in SEEDS[:10]:
+        memory = RedisMemoryStore(redis_url, namespace=unique_namespace(), near_cache=1000)
+        compared.append(await run_seed(2000 + seed, MemkvStore(memory)))
+    assert sum(compared) >= 10 * OPS_PER_SEED
+
+
 @pytest.mark.parametrize("kind", ["local-python", "redis"])
 def test_sync_calls_answer_as_in_memory_store_with_no_event_loop_running(
     kind: str, request: pytest.FixtureRequest

@@ -869,7 +869,13 @@ def _check_index_config(
     tokenized: list[tuple[str, list[str] | str]] = [
         (path, path if path == "$" else tokenize_path(path)) for path in fields
     ]
-    return config, ensure_embeddings(embed), tokenized
+    try:
+        embeddings = ensure_embeddings(embed)
+    except (ValueError, ImportError) as err:  # a provider name LangChain cannot load
+        raise InvalidArgumentError(
+            f"IndexConfig embed cannot be loaded: {type(err).__name__}: {err}"
+        ) from err
+    return config, embeddings, tokenized
 
 
 def _check_filter(filter: object) -> None:
