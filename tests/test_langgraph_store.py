@@ -207,6 +207,16 @@ def test_an_overwrite_replaces_the_vectors() -> None:
         assert [(i.key, i.score) for i in store.search(("d",), query="pears")][1] == ("a", None)
 
 
+def test_an_embedding_function_that_miscounts_writes_nothing() -> None:
+    def embed(texts: list[str]) -> list[list[float]]:
+        return [[1.0, 0.0]]  # one vector, whatever it is asked
+
+    with MemkvStore(LocalMemoryStore(), index={"dims": 2, "embed": embed}) as store:
+        with pytest.raises(InvalidArgumentError):
+            store.batch([PutOp(("d",), "a", {"t": "x"}), PutOp(("d",), "b", {"t": "y"})])
+        assert store.search(("d",)) == []
+
+
 # -- keys, documents and timestamps -----------------------------------------------------------
 
 

@@ -228,7 +228,7 @@ class MemkvStore(BaseStore):
                 query: list(map(float, embeddings.embed_query(query))) for query in plan.queries
             }
         if plan.texts:
-            plan.text_vectors = self._embeddings().embed_documents(plan.texts)
+            plan.set_text_vectors(self._embeddings().embed_documents(plan.texts))
         return self._bridge.call(self._execute(plan))
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
@@ -242,7 +242,7 @@ class MemkvStore(BaseStore):
                 for query, vector in zip(plan.queries, vectors, strict=True)
             }
         if plan.texts:
-            plan.text_vectors = await self._embeddings().aembed_documents(plan.texts)
+            plan.set_text_vectors(await self._embeddings().aembed_documents(plan.texts))
         return await self._bridge.run(self._execute(plan))
 
     # -- single operations: checked here, so that bad input gets a typed error ----------
@@ -664,6 +664,15 @@ class _Plan:
         self.queries: list[str] = []
         self.query_vectors: dict[str, list[float]] = {}
         self.text_vectors: list[list[float]] = []
+
+    def set_text_vectors(self, vectors: list[list[float]]) -> None:
+        """Take the embeddings of ``texts``, one vector per text, or raise."""
+        if len(vectors) != len(self.texts):
+            raise InvalidArgumentError(
+                f"the embedding function returned {len(vectors)} vectors for "
+                f"{len(self.texts)} texts; nothing was written"
+            )
+        self.text_vectors = vectors
 
     @property
     def texts(self) -> list[str]:
