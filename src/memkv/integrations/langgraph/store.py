@@ -250,24 +250,45 @@ class MemkvStore(BaseStore):
     def get(
         self, namespace: tuple[str, ...], key: str, *, refresh_ttl: bool | None = None
     ) -> Item | None:
-        """The item at ``namespace``/``key``, or ``None``; ``refresh_ttl`` as LangGraph's."""
-        op = GetOp(namespace, _key_text(key), self._refresh(refresh_ttl))
-        return cast("Item | None", self.batch([op])[0])
+        """The item at ``namespace``/``key``, or ``None``; ``refresh_ttl`` as LangGraph's.
+
+        On the local store, a present item costs one core lookup (see ``aget``).
+        """
+        key = _key_text(key)
+        refresh = self._refresh(refresh_ttl)
+        if self._get_now is None or self._bridge.closed:
+            # Not inline (or closed: batch raises StoreClosedError): the full path.
+            return cast("Item | None", self.batch([GetOp(namespace, key, refresh)])[0])
+        item, memkv_key, seconds = self._get_here(namespace, key, refresh)
+        if seconds is not None:
+            self._bridge.call(self._store.touch(memkv_key, seconds))
+        return item
 
     async def aget(
         self, namespace: tuple[str, ...], key: str, *, refresh_ttl: bool | None = None
     ) -> Item | None:
-        """Async ``get``. On the local store, a present item costs one core lookup."""
+        """Async ``get``. On the local store, a present item costs one core lookup, and
+        reads of an item return the same ``Item`` until it is written again (as
+        ``InMemoryStore`` returns its own)."""
         key = _key_text(key)
-        memkv_key = _item_key(namespace, key)
         refresh = self._refresh(refresh_ttl)
-        get_now = self._get_now
-        if get_now is None or self._bridge.closed:
-            # Not inline (or closed: batch raises StoreClosedError): the full path.
+        if self._get_now is None or self._bridge.closed:
             return cast("Item | None", (await self.abatch([GetOp(namespace, key, refresh)]))[0])
-        entry = get_now(memkv_key)
+        item, memkv_key, seconds = self._get_here(namespace, key, refresh)
+        if seconds is not None:
+            await self._store.touch(memkv_key, seconds)
+        return item
+
+    def _get_here(
+        self, namespace: tuple[str, ...], key: str, refresh: bool
+    ) -> tuple[Item | None, str, float | None]:
+        """A get on a store that runs inline: the item, its memkv key and the TTL
+        (seconds) to give it again, if the read refreshes it."""
+        assert self._get_now is not None
+        memkv_key = _item_key(namespace, key)
+        entry = self._get_now(memkv_key)
         if entry is None:
-            return None
+            return None, memkv_key, None
         document = entry.value
         item: Item | None = document.get(_ITEM) if type(document) is dict else None
         if item is None:
@@ -280,12 +301,10 @@ class MemkvStore(BaseStore):
                 updated_at=entry.updated_at,
             )
             # The local store holds this document by reference until the item is
-            # written again (a new document) or removed: keep the Item beside it, so
-            # that the next aget returns it as InMemoryStore returns its own.
+            # written again (a new document) or removed: keep the Item beside it.
             document[_ITEM] = item
-        if refresh and "ttl" in document:
-            await self._store.touch(memkv_key, document["ttl"] * 60.0)
-        return item
+        seconds = document["ttl"] * 60.0 if refresh and "ttl" in document else None
+        return item, memkv_key, seconds
 
     def search(
         self,
