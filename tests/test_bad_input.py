@@ -22,6 +22,7 @@ from typing import Any, cast
 import pytest
 from click.testing import CliRunner
 from langchain_core.outputs import Generation
+from langgraph.store.base import GetOp, InvalidNamespaceError
 from opentelemetry.metrics import get_meter
 
 import memkv
@@ -40,6 +41,7 @@ from memkv.errors import MemKVError
 from memkv.integrations._sync_bridge import BridgedAdapter
 from memkv.integrations.langchain import MemkvByteStore, MemkvLLMCache, MemkvStore
 from memkv.integrations.langgraph import MemkvCache
+from memkv.integrations.langgraph import MemkvStore as LangGraphStore
 from memkv.metrics import otel, prometheus
 from tests.helpers import StoreHarness
 
@@ -243,6 +245,48 @@ LLM_CACHE_METHODS: dict[str, dict[str, Arg]] = {
     "aclose": NO_ARGS,
 }
 
+NAMESPACE = given(("probe",))
+READ_TTL = given(None)
+SEARCH = {
+    "namespace_prefix": NAMESPACE,
+    "query": given(None),
+    "filter": given(None),
+    "limit": given(10),
+    "offset": given(0),
+    "refresh_ttl": READ_TTL,
+}
+PUT = {
+    "namespace": NAMESPACE,
+    "key": given("probe"),
+    "value": Arg(lambda: {"text": "value"}),
+    "index": given(None),
+    "ttl": given(None),
+}
+LIST = {
+    "prefix": given(None),
+    "suffix": given(None),
+    "max_depth": given(None),
+    "limit": given(10),
+    "offset": given(0),
+}
+LANGGRAPH_METHODS: dict[str, dict[str, Arg]] = {
+    "__init__": {"store": Arg(LocalMemoryStore), "index": given(None), "ttl": given(None)},
+    "batch": {"ops": Arg(lambda: [GetOp(("probe",), "probe")])},
+    "abatch": {"ops": Arg(lambda: [GetOp(("probe",), "probe")])},
+    "get": {"namespace": NAMESPACE, "key": given("probe"), "refresh_ttl": READ_TTL},
+    "aget": {"namespace": NAMESPACE, "key": given("probe"), "refresh_ttl": READ_TTL},
+    "search": SEARCH,
+    "asearch": SEARCH,
+    "put": PUT,
+    "aput": PUT,
+    "delete": {"namespace": NAMESPACE, "key": given("probe")},
+    "adelete": {"namespace": NAMESPACE, "key": given("probe")},
+    "list_namespaces": LIST,
+    "alist_namespaces": LIST,
+    "close": NO_ARGS,
+    "aclose": NO_ARGS,
+}
+
 CODEC_METHODS: dict[str, dict[str, Arg]] = {
     "__init__": NO_ARGS,
     "encode": {"value": given({"a": 1})},
@@ -421,10 +465,15 @@ async def dispose(result: object, keep: object) -> None:
         await result.aclose()
 
 
-async def call_badly(call: Call, owner: object, keep: object) -> None:
-    """Make ``call`` on ``owner``; if it raises, the error must be a typed memkv error."""
+async def call_badly(
+    call: Call, owner: object, keep: object, also: tuple[type[Exception], ...] = ()
+) -> None:
+    """Make ``call`` on ``owner``; if it raises, the error must be a typed memkv error
+    (or one of ``also``: a framework's own error for breaking the framework's rules)."""
     try:
         result = await settle(call.function(owner)(*call.args, **call.kwargs))
+    except also:
+        return
     except Exception as err:
         error: Exception = err
     else:
@@ -504,6 +553,20 @@ async def test_bad_input_to_a_model_call_cache(
         await call_badly(call, cache, keep=cache)
         await assert_seeds_kept(seeded, call.label)
         await cache.aclose()
+
+
+async def test_bad_input_to_a_langgraph_store() -> None:
+    """LangGraph's ``InvalidNamespaceError`` is allowed where LangGraph's namespace rules
+    are broken (as its ``InMemoryStore`` raises it); everything else is memkv's."""
+    names = ["__init__", *public_methods(LangGraphStore)]
+    calls = list(bad_calls(LangGraphStore(LocalMemoryStore()), LANGGRAPH_METHODS, names))
+    assert len(calls) > 500
+    for call in calls:
+        seeded: LocalMemoryStore[Any] = LocalMemoryStore()
+        await seeded.set_many(SEEDS)
+        adapter = LangGraphStore(seeded)
+        await call_badly(call, adapter, keep=adapter, also=(InvalidNamespaceError,))
+        await assert_seeds_kept(seeded, call.label)
 
 
 @pytest.mark.parametrize("codec_type", [codecs.MsgpackCodec, codecs.JsonCodec, codecs.PickleCodec])

@@ -23,7 +23,11 @@ from tests.helpers import core_module
 EXAMPLE_REDIS_URL = "redis://localhost:6379/0"
 
 #: The modules whose examples need a Redis server.
-REDIS_EXAMPLE_MODULES = ("memkv.integrations.langchain", "memkv.redis.store")
+REDIS_EXAMPLE_MODULES = (
+    "memkv.integrations.langchain",
+    "memkv.integrations.langgraph.store",
+    "memkv.redis.store",
+)
 
 MODULES = sorted(
     module.name

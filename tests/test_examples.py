@@ -61,4 +61,3 @@ def test_langgraph_agent_recalls_a_memory_from_redis_in_a_new_store(
     namespace = unique_namespace()
     printed = run_example("langgraph_memory.py", f"{url}?namespace={namespace}")
     assert recalled(printed)[0] == "my favourite colour is green"
-

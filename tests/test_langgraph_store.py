@@ -1,0 +1,411 @@
+"""The LangGraph store beyond the differential run: TTL through the memkv store's own
+expiry and ``touch``, semantic search with a deterministic embedding, the key format,
+timestamps, codec errors, namespace errors, closing, and the optional import.
+
+``tests/test_langgraph_differential.py`` compares every answer with ``InMemoryStore``.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from langchain_core.embeddings import DeterministicFakeEmbedding
+from langgraph.store.base import GetOp, IndexConfig, InvalidNamespaceError, PutOp, SearchOp
+from langgraph.store.memory import InMemoryStore
+
+from memkv import LocalMemoryStore, MemoryStore, RedisMemoryStore
+from memkv.errors import (
+    CodecError,
+    InvalidArgumentError,
+    InvalidTTLError,
+    MemKVError,
+    StoreClosedError,
+)
+from memkv.integrations.langgraph import KEY_PREFIX, MemkvStore
+from tests.helpers import FakeClock, StoreHarness, local_store_type
+from tests.redis_servers import unique_namespace
+
+WORKER_PREFIX = "memkv-langgraph-"
+
+
+async def raw_view(harness: StoreHarness) -> MemoryStore[Any]:
+    """The harness's store for the test's own loop: itself when local, else a second
+    client of the same Redis namespace (the adapter runs the first on its own loop)."""
+    if harness.kind.startswith("local-"):
+        return harness.store
+    assert isinstance(harness.store, RedisMemoryStore)
+    return await harness.make(namespace=harness.store.namespace)
+
+
+# -- TTL: the memkv store's own expiry -------------------------------------------------------
+
+
+async def test_default_ttl_and_per_put_ttl_expire_through_the_memkv_store(
+    harness: StoreHarness,
+) -> None:
+    # Minutes: 0.005 min = 0.3 s, so that Redis (real time) stays quick.
+    async with MemkvStore(harness.store, ttl={"default_ttl": 0.005}) as store:
+        await store.aput(("t",), "default", {"v": 1})
+        await store.aput(("t",), "forever", {"v": 2}, ttl=None)
+        await store.aput(("t",), "longer", {"v": 3}, ttl=0.05)
+        entry = await (await raw_view(harness)).get(KEY_PREFIX + "t//longer")
+        assert entry is not None
+        assert entry.expires_at is not None
+        left = (entry.expires_at - datetime.now(timezone.utc)).total_seconds()
+        assert 2.0 < left <= 3.0  # 0.05 minutes, set as the memkv entry's own TTL
+        await harness.advance(0.5)
+        assert await store.aget(("t",), "default") is None
+        assert [item.key for item in await store.asearch(("t",))] == ["forever", "longer"]
+        assert await store.alist_namespaces() == [("t",)]
+
+
+async def test_a_read_refreshes_the_ttl_through_touch(harness: StoreHarness) -> None:
+    async with MemkvStore(harness.store, ttl={"default_ttl": 0.01}) as store:  # 0.6 s
+        await store.aput(("t",), "read", {"v": 1})
+        await store.aput(("t",), "searched", {"v": 2})
+        await store.aput(("t",), "unread", {"v": 3})
+        await store.aput(("t",), "peeked", {"v": 4})
+        await harness.advance(0.4)
+        assert await store.aget(("t",), "read") is not None
+        assert len(await store.asearch(("t",), filter={"v": 2})) == 1
+        assert await store.aget(("t",), "peeked", refresh_ttl=False) is not None
+        await harness.advance(0.4)  # 0.8 s after the writes, 0.4 s after the reads
+        assert await store.aget(("t",), "unread") is None
+        assert await store.aget(("t",), "peeked") is None
+        assert await store.aget(("t",), "read", refresh_ttl=False) is not None
+        assert await store.aget(("t",), "searched", refresh_ttl=False) is not None
+        await harness.advance(0.7)
+        assert await store.asearch(("t",)) == []
+
+
+def test_refresh_on_read_false_in_the_config_leaves_the_ttl_alone() -> None:
+    clock = FakeClock()
+    config = {"default_ttl": 1.0, "refresh_on_read": False}
+    with MemkvStore(local_store_type("python")(clock=clock), ttl=config) as store:  # type: ignore[arg-type]
+        store.put(("t",), "k", {"v": 1})
+        clock.tick(50)
+        assert store.get(("t",), "k") is not None
+        clock.tick(11)
+        assert store.get(("t",), "k") is None
+        store.put(("t",), "k", {"v": 1})
+        clock.tick(50)
+        assert store.get(("t",), "k", refresh_ttl=True) is not None  # asked: refreshed
+        clock.tick(50)
+        assert store.get(("t",), "k") is not None
+
+
+def test_a_sync_read_refreshes_with_the_local_clock(core: str) -> None:
+    clock = FakeClock()
+    with MemkvStore(local_store_type(core)(clock=clock)) as store:
+        store.put(("t",), "k", {"v": 1}, ttl=1)
+        for _ in range(5):
+            clock.tick(50)
+            assert store.get(("t",), "k") is not None
+            assert store.search(("t",))[0].key == "k"
+        clock.tick(61)
+        assert store.get(("t",), "k") is None
+
+
+def test_ttl_config_and_ttls_are_checked() -> None:
+    local: LocalMemoryStore[Any] = LocalMemoryStore()
+    with pytest.raises(InvalidTTLError):
+        MemkvStore(local, ttl={"default_ttl": 0})
+    with pytest.raises(InvalidArgumentError):
+        MemkvStore(local, ttl={"default_tll": 5})  # type: ignore[typeddict-unknown-key]
+    with MemkvStore(local, ttl={"sweep_interval_minutes": 5}) as store:
+        assert store.supports_ttl
+        with pytest.raises(InvalidTTLError):
+            store.put(("t",), "k", {"v": 1}, ttl=-1)
+        with pytest.raises(InvalidTTLError):
+            store.put(("t",), "k", {"v": 1}, ttl=math.nan)
+        assert store.get(("t",), "k") is None
+
+
+# -- semantic search ---------------------------------------------------------------------------
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+DOCS = {
+    "pizza": {"text": "I love pizza with olives", "kind": "food"},
+    "sushi": {"text": "sushi on fridays", "kind": "food"},
+    "hike": {"text": "long hikes in the alps", "kind": "sport"},
+    "chess": {"text": "chess openings", "kind": "game", "notes": ["sicilian", "french"]},
+    "plain": {"kind": "food"},  # nothing to embed: unscored, after the scored items
+}
+
+
+async def test_semantic_search_ranks_by_cosine_like_in_memory_store(
+    harness: StoreHarness,
+) -> None:
+    embeddings = DeterministicFakeEmbedding(size=32)
+    index: IndexConfig = {"dims": 32, "embed": embeddings, "fields": ["text", "notes[*]"]}
+    reference = InMemoryStore(index=index)
+    async with MemkvStore(harness.store, index=index) as store:
+        for key, value in DOCS.items():
+            await store.aput(("docs", "u1"), key, value)
+            await reference.aput(("docs", "u1"), key, value)
+        await store.aput(("docs", "u2"), "other", {"text": "pizza"}, index=False)
+        for query in ("pizza", "chess openings", "sicilian"):
+            found = await store.asearch(("docs", "u1"), query=query, limit=10)
+            wanted = await reference.asearch(("docs", "u1"), query=query, limit=10)
+            assert [i.key for i in found] == [i.key for i in wanted]
+            for mine, theirs in zip(found, wanted, strict=True):
+                assert (mine.score is None) == (theirs.score is None)
+                if mine.score is not None:
+                    assert mine.score == pytest.approx(theirs.score, abs=1e-9)
+            q = embeddings.embed_query(query)
+            best = {
+                key: max(
+                    cosine(q, embeddings.embed_query(text))
+                    for text in [value.get("text"), *value.get("notes", [])]
+                    if text
+                )
+                for key, value in DOCS.items()
+                if "text" in value
+            }
+            scored = [item for item in found if item.score is not None]
+            assert [i.key for i in scored] == sorted(best, key=best.__getitem__, reverse=True)
+            for item in scored:
+                assert item.score == pytest.approx(best[item.key], abs=1e-9)
+            assert found[-1].key == "plain"
+            assert found[-1].score is None
+        # Filter, offset and limit apply to the ranking; index=False stores no vectors.
+        food = await store.asearch(
+            ("docs",), query="pizza", filter={"kind": "food"}, offset=1, limit=1
+        )
+        q = embeddings.embed_query("pizza")
+        ranked = sorted(
+            ["pizza", "sushi"],
+            key=lambda key: cosine(q, embeddings.embed_query(DOCS[key]["text"])),  # type: ignore[arg-type]
+            reverse=True,
+        )
+        assert [i.key for i in food] == ranked[1:]
+        other = await store.asearch(("docs", "u2"), query="pizza")
+        assert [(i.key, i.score) for i in other] == [("other", None)]
+
+
+def test_an_overwrite_replaces_the_vectors() -> None:
+    index: IndexConfig = {"dims": 16, "embed": DeterministicFakeEmbedding(size=16)}
+    with MemkvStore(LocalMemoryStore(), index=index) as store:
+        store.put(("d",), "a", {"text": "apples"})
+        store.put(("d",), "b", {"text": "pears"})
+        store.put(("d",), "a", {"text": "pears"})
+        scores = {i.key: i.score for i in store.search(("d",), query="pears")}
+        assert scores["a"] == pytest.approx(scores["b"])
+        store.put(("d",), "a", {"text": "pears"}, index=False)
+        assert [(i.key, i.score) for i in store.search(("d",), query="pears")][1] == ("a", None)
+
+
+def test_an_embedding_function_that_miscounts_writes_nothing() -> None:
+    def embed(texts: list[str]) -> list[list[float]]:
+        return [[1.0, 0.0]]  # one vector, whatever it is asked
+
+    with MemkvStore(LocalMemoryStore(), index={"dims": 2, "embed": embed}) as store:
+        with pytest.raises(InvalidArgumentError):
+            store.batch([PutOp(("d",), "a", {"t": "x"}), PutOp(("d",), "b", {"t": "y"})])
+        assert store.search(("d",)) == []
+
+
+# -- keys, documents and timestamps -----------------------------------------------------------
+
+
+NASTY = [
+    ("a",),
+    ("ab",),
+    ("a", "b"),
+    ("a:b",),
+    ("a/b",),
+    ("a%2Fb",),
+    ("%",),
+    ("*",),
+    ("ü", "日本"),
+]
+
+
+async def test_every_namespace_gets_its_own_keys_and_prefix(harness: StoreHarness) -> None:
+    async with MemkvStore(harness.store) as store:
+        for namespace in NASTY:
+            for key in ("k", "k/1", "", "//"):
+                await store.aput(namespace, key, {"ns": list(namespace), "key": key})
+        raw = await raw_view(harness)
+        await raw.set("unrelated:key", "other data")
+        for namespace in NASTY:
+            found = await store.asearch(namespace, limit=100)
+            assert {tuple(i.value["ns"]) for i in found} == {
+                ns for ns in NASTY if ns[: len(namespace)] == namespace
+            }
+            for item in found:
+                assert item.namespace == tuple(item.value["ns"])
+                assert item.key == item.value["key"]
+        assert await store.alist_namespaces(limit=100) == sorted(NASTY)
+        assert (await raw.get("unrelated:key")).value == "other data"  # type: ignore[union-attr]
+        assert await raw.get(KEY_PREFIX + "a%2Fb//k/1") is not None
+
+
+async def test_the_document_round_trips_through_the_json_codec(redis_url: str) -> None:
+    memory: RedisMemoryStore[Any] = RedisMemoryStore(
+        redis_url, namespace=unique_namespace(), codec="json"
+    )
+    index: IndexConfig = {
+        "dims": 8,
+        "embed": DeterministicFakeEmbedding(size=8),
+        "fields": ["text"],
+    }
+    async with MemkvStore(memory, index=index) as store:
+        value = {"text": "hi", "n": 1.5, "list": [1, "x", None], "nested": {"ok": True}}
+        await store.aput(("docs",), "k", value, ttl=10)
+        item = await store.aget(("docs",), "k")
+        assert item is not None
+        assert item.value == value
+        score = (await store.asearch(("docs",), query="hi"))[0].score
+        assert type(score) is float
+        assert score == pytest.approx(1.0)
+
+
+async def test_an_overwrite_keeps_created_at_and_moves_updated_at(
+    harness: StoreHarness,
+) -> None:
+    async with MemkvStore(harness.store) as store:
+        await store.aput(("t",), "k", {"v": 1})
+        first = await store.aget(("t",), "k")
+        await harness.advance(0.01)
+        await store.aput(("t",), "k", {"v": 2})
+        second = await store.aget(("t",), "k")
+        assert first is not None
+        assert second is not None
+        assert second.created_at == first.created_at
+        assert second.updated_at >= first.updated_at
+        assert second.updated_at.tzinfo is not None
+        assert second.value == {"v": 2}
+
+
+async def test_a_value_the_codec_refuses_writes_nothing_of_the_batch(redis_url: str) -> None:
+    memory: RedisMemoryStore[Any] = RedisMemoryStore(redis_url, namespace=unique_namespace())
+    async with MemkvStore(memory) as store:
+        await store.aput(("t",), "kept", {"v": 1})
+        ops = [
+            PutOp(("t",), "new", {"v": 2}, ttl=5),
+            PutOp(("t",), "kept", None),
+            PutOp(("t",), "bad", {"v": 2**70}, ttl=10),  # msgpack ints end at 2**64
+        ]
+        with pytest.raises(CodecError):
+            await store.abatch(ops)
+        assert [i.key for i in await store.asearch(("t",))] == ["kept"]
+
+
+# -- errors and lifecycle ---------------------------------------------------------------------
+
+
+def test_langgraph_namespace_rules_raise_its_own_error() -> None:
+    with MemkvStore(LocalMemoryStore()) as store:
+        for bad in [("a.b",), ("",), ("a\x00",), ("a", 1)]:
+            with pytest.raises(InvalidNamespaceError):
+                store.put(bad, "k", {"v": 1})  # type: ignore[arg-type]
+            with pytest.raises(InvalidNamespaceError):
+                store.batch([GetOp(bad, "k")])  # type: ignore[arg-type]
+            with pytest.raises(InvalidNamespaceError):
+                store.search(bad)  # type: ignore[arg-type]
+        for bad in [(), ("langgraph", "x")]:
+            with pytest.raises(InvalidNamespaceError):
+                store.put(bad, "k", {"v": 1})
+        with pytest.raises(InvalidNamespaceError):
+            store.batch([PutOp((), "k", {"v": 1})])
+        assert store.list_namespaces() == []
+
+
+def test_memkv_refusals_are_typed_and_checked_before_anything_runs() -> None:
+    with MemkvStore(LocalMemoryStore()) as store:
+        ops = [PutOp(("t",), "k", {"v": 1}), SearchOp(("t",), {"n": {"$near": 1}})]
+        with pytest.raises(InvalidArgumentError) as caught:
+            store.batch(ops)
+        assert isinstance(caught.value, MemKVError)
+        assert isinstance(caught.value, ValueError)
+        assert store.get(("t",), "k") is None
+        with pytest.raises(InvalidArgumentError):
+            store.search(("t",), filter={"n": {"$gt": "many"}})
+        with pytest.raises(InvalidArgumentError):
+            store.search(("t",), limit=-1)
+        with pytest.raises(InvalidArgumentError):
+            store.list_namespaces(max_depth=0)
+        with pytest.raises(TypeError) as typed:
+            store.get("t", "k")  # type: ignore[arg-type]
+        assert isinstance(typed.value, MemKVError)
+
+
+def test_an_item_missing_a_ranged_field_does_not_match() -> None:
+    """Where InMemoryStore raises (float(None)), the item simply does not match."""
+    with MemkvStore(LocalMemoryStore()) as store:
+        store.put(("t",), "n", {"n": 3})
+        store.put(("t",), "none", {"s": "x"})
+        store.put(("t",), "text", {"n": "three"})
+        assert [i.key for i in store.search(("t",), filter={"n": {"$gt": 1}})] == ["n"]
+        assert [i.key for i in store.search(("t",), filter={"n": {"$ne": 3}})] == [
+            "none",
+            "text",
+        ]
+
+
+async def test_closing_stops_the_worker_and_refuses_calls(redis_url: str) -> None:
+    def workers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith(WORKER_PREFIX)]
+
+    before = set(workers())
+    memory: MemoryStore[Any] = RedisMemoryStore(redis_url, namespace=unique_namespace())
+    store = MemkvStore(memory)
+    store.put(("t",), "k", {"v": 1})
+    assert (await store.aget(("t",), "k")) is not None
+    assert set(workers()) - before
+    await store.aclose()
+    assert set(workers()) == before
+    with pytest.raises(StoreClosedError):
+        store.get(("t",), "k")
+    with pytest.raises(StoreClosedError):
+        await store.aget(("t",), "k")
+    local = MemkvStore(LocalMemoryStore())
+    local.close()
+    with pytest.raises(StoreClosedError):
+        await local.aget(("t",), "k")
+
+
+def test_import_memkv_never_imports_langgraph_and_the_extra_is_named() -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        import memkv
+        import memkv.integrations
+        assert "langgraph" not in sys.modules, "import memkv imported langgraph"
+        sys.modules["langgraph"] = None  # as if the extra were not installed
+        try:
+            import memkv.integrations.langgraph
+        except ImportError as err:
+            assert 'pip install "memkv[langgraph]"' in str(err), err
+        else:
+            raise AssertionError("expected ImportError")
+        print("ok")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_timestamps_are_timezone_aware_utc() -> None:
+    with MemkvStore(LocalMemoryStore()) as store:
+        store.put(("t",), "k", {"v": 1})
+        item = store.get(("t",), "k")
+        assert item is not None
+        assert item.created_at.utcoffset() == timedelta(0)
+        assert abs(datetime.now(timezone.utc) - item.created_at) < timedelta(minutes=1)
