@@ -50,7 +50,7 @@ class _DoctestPreprocessor(Preprocessor):
 class DoctestBlocks(Extension):
     """Fences doctest examples before any other block parsing."""
 
-    def extendMarkdown(self, md: Markdown) -> None:  # noqa: N802 - Markdown's API
+    def extendMarkdown(self, md: Markdown) -> None:
         # Above the fenced-code preprocessor (priority 25 in pymdownx.superfences).
         md.preprocessors.register(_DoctestPreprocessor(md), "memkv_doctest_blocks", 40)
 
