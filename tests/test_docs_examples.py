@@ -73,11 +73,11 @@ def test_the_guide_has_examples() -> None:
 
 @pytest.mark.parametrize(("name", "code"), _params())
 def test_guide_example_runs(name: str, code: str, request: pytest.FixtureRequest) -> None:
-    for name, module in PENDING.items():
-        if name in code and not _exists(name, module):
+    for pending, module in PENDING.items():
+        if pending in code and not _exists(pending, module):
             # Described ahead of its merge (test_docs_site.py keeps its reference page
             # out of the build until then); nothing of the example runs without it.
-            pytest.skip(f"{name} is not in this tree yet")
+            pytest.skip(f"{pending} is not in this tree yet")
     if EXAMPLE_REDIS_URL in code:
         code = code.replace(EXAMPLE_REDIS_URL, request.getfixturevalue("redis_url"))
     if EXAMPLE_CLUSTER_URL in code:
