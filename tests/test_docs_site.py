@@ -11,9 +11,11 @@ with ``mkdocs build --strict``.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 import re
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -176,3 +178,69 @@ def test_the_reference_pages_include_langgraph_once_it_exists() -> None:
         return
     assert not _excluded("reference/langgraph.md")
     assert "reference/langgraph.md" in _nav_pages()
+
+
+def _bench_chart_hook() -> ModuleType:
+    """``docs/hooks/bench_chart.py``, the mkdocs hook that draws the benchmark charts
+    (its drawing code needs no mkdocs)."""
+    spec = importlib.util.spec_from_file_location(
+        "memkv_docs_bench_chart", DOCS / "hooks" / "bench_chart.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_committed_bench_report_is_consistent() -> None:
+    """``docs/data/bench.json`` is a ``memkv bench --json`` report whose ratios are the
+    quotients of its own rates (not figures edited by hand)."""
+    report = _bench_chart_hook().load()
+    rows = {(row["store"], row["operation"]): row for row in report["results"]}
+    assert {"baseline", "local-cython", "local-python"} <= {store for store, _ in rows}
+    for (store, operation), row in rows.items():
+        assert row["keys_per_second"] == pytest.approx(
+            row["ops_per_second"] * row["keys_per_call"]
+        )
+        baseline = rows.get(("baseline", operation))
+        if store.startswith("local-") and baseline is not None:
+            assert row["vs_baseline"] == pytest.approx(
+                row["ops_per_second"] / baseline["ops_per_second"]
+            )
+    for operation, speedup in report["speedup"].items():
+        assert speedup == pytest.approx(
+            rows["local-cython", operation]["ops_per_second"]
+            / rows["local-python", operation]["ops_per_second"]
+        )
+
+
+def test_the_bench_chart_draws_each_measured_row_to_scale_with_its_ratio() -> None:
+    hook = _bench_chart_hook()
+    report = hook.load()
+    svg = hook.charts(report)["assets/bench-local.svg"]
+    local = [row for row in report["results"] if not row["store"].startswith("redis")]
+    bars = re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="([\d.]+)" height="16"', svg)
+    assert len(bars) == len(local)
+    # The local chart's axis is linear: bar lengths keep the measured proportions.
+    # Bars follow the rows grouped by operation, stores in the legend's order.
+    order = ["baseline", "local-cython", "local-python"]
+    operations = list(dict.fromkeys(row["operation"] for row in local))
+    drawn = sorted(
+        local, key=lambda row: (operations.index(row["operation"]), order.index(row["store"]))
+    )
+    widest = max(row["keys_per_second"] for row in local)
+    plot_width = hook._WIDTH - hook._LABEL_WIDTH - hook._VALUE_ROOM
+    for row, width in zip(drawn, bars, strict=True):
+        assert float(width) == pytest.approx(
+            max(plot_width * row["keys_per_second"] / widest, 1.0), abs=0.06
+        )
+        if row["vs_baseline"] is not None:
+            assert f"({row['vs_baseline']:.2f}\u00d7 the dict)" in svg
+    assert "linear axis" in svg
+    if any(row["store"].startswith("redis") for row in report["results"]):
+        assert "logarithmic axis" in hook.charts(report)["assets/bench-redis.svg"]
+    table = hook.table(report)
+    assert len([line for line in table.splitlines() if line.startswith("| ")]) == (
+        len(report["results"]) + 2  # the header and its rule
+    )

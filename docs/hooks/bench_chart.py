@@ -23,9 +23,10 @@ import json
 import math
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mkdocs.structure.files import File, Files
+if TYPE_CHECKING:
+    from mkdocs.structure.files import Files
 
 _DATA = Path(__file__).resolve().parent.parent / "data" / "bench.json"
 
@@ -67,11 +68,12 @@ _TOP = 58
 _VALUE_ROOM = 270  # right of the longest bar, for its label
 
 
-def _load() -> dict[str, Any]:
-    with _DATA.open(encoding="utf-8") as file:
+def load(path: Path = _DATA) -> dict[str, Any]:
+    """The report in ``path`` (``docs/data/bench.json``), checked to be schema 1."""
+    with path.open(encoding="utf-8") as file:
         report: dict[str, Any] = json.load(file)
     if report.get("schema_version") != 1:
-        raise ValueError(f"{_DATA}: expected schema_version 1 (memkv.benchmark.BenchReport)")
+        raise ValueError(f"{path}: expected schema_version 1 (memkv.benchmark.BenchReport)")
     return report
 
 
@@ -252,7 +254,10 @@ def table(report: dict[str, Any]) -> str:
 
 
 def on_files(files: Files, config: Any) -> Files:
-    for path, svg in charts(_load()).items():
+    # Imported here: tests/test_docs_site.py draws the charts without mkdocs installed.
+    from mkdocs.structure.files import File
+
+    for path, svg in charts(load()).items():
         files.append(File.generated(config, path, content=svg))
     return files
 
@@ -260,7 +265,7 @@ def on_files(files: Files, config: Any) -> Files:
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
     if "<!-- bench:" not in markdown:
         return markdown
-    report = _load()
+    report = load()
     run = (
         f"memkv {report['memkv_version']} ({report['implementation']} core), "
         f"Python {report['python']}, {report['keys']:,} entries"
