@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING
 
 __all__ = ["IMPLEMENTATION", "LocalCore", "MemoryEntry", "make_entry"]
 
+#: The local core ``LocalMemoryStore`` uses unless told otherwise: ``"cython"`` (the
+#: compiled extension), or ``"python"`` (its pure-Python twin) when the environment
+#: variable ``MEMKV_NO_EXTENSIONS`` is set or the interpreter is not CPython.
 IMPLEMENTATION: str
 
 if TYPE_CHECKING:
