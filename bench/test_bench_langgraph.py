@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from langgraph.store.memory import InMemoryStore
 
-from bench.conftest import GATE, Figure, assert_floor, paired, rate, record, runner
+from bench.conftest import GATE, Figure, assert_floor, paired, rate, record, run_fresh
 from bench.test_bench_local import store_on
 from memkv.integrations.langgraph import MemkvStore
 
@@ -52,7 +52,7 @@ def test_aget_of_a_present_item_vs_in_memory_store(
             for namespace, key in order:
                 await aget(namespace, key)
 
-        return runner(loop, run)
+        return run_fresh(loop, run)
 
     subject, baseline = paired(reads(memkv_store), reads(reference))
     ratio = baseline / subject
@@ -86,7 +86,7 @@ def test_search_by_prefix_and_filter_vs_in_memory_store(
             for prefix in prefixes:
                 await store.asearch(prefix, filter={"stars": {"$gte": 3}}, limit=10)
 
-        return runner(loop, run)
+        return run_fresh(loop, run)
 
     subject, baseline = paired(searches(memkv_store), searches(reference))
     ratio = baseline / subject
