@@ -50,11 +50,12 @@ class MemkvCache(BridgedAdapter, BaseCache[ValueT]):
     written, as in LangGraph's ``InMemoryCache``. ``clear``/``aclear`` remove the
     entries of exactly the namespaces given (not their sub-namespaces), or with
     ``None`` every entry of this cache, and nothing else in the store
-    (``graph.clear_cache()`` calls it). Each call costs one batch operation on the
-    store (``get_many``; ``set_many`` per distinct TTL, plus one ``delete_many`` for
-    the TTLs of 0 or less), or one prefix ``clear`` per namespace (on Redis a
-    ``SCAN`` of the store's namespace each). Expiry is the store's own: local
-    entries expire on the store's clock, Redis entries on the server.
+    (``graph.clear_cache(nodes)`` calls it with the nodes' namespaces). Each call
+    costs one batch operation on the store (``get_many``; ``set_many`` per distinct
+    TTL, plus one ``delete_many`` for the TTLs of 0 or less), or one prefix
+    ``clear`` per namespace (on Redis a ``SCAN`` of the store's namespace each).
+    Expiry is the store's own: local entries expire on the store's clock, Redis
+    entries on the server.
 
     **Keys.** Every entry lives under ``"langgraph-cache:"``, then the number of
     labels and each label prefixed by its length, then the key: ``("a:b", "c")``,
