@@ -9,11 +9,13 @@ bag of words, so no network and no API key are needed::
 Needs ``pip install "memkv[langgraph]"`` (and ``"memkv[redis]"`` for a Redis URL).
 
 The graph has two nodes. ``recall`` reads the user's message: "remember ..." writes a
-memory into the LangGraph store under ``("memories", <user id>)``, with a TTL of 30
-days; anything else searches that namespace by meaning (cosine ranking of the stored
-embeddings) and passes the best matches on. ``respond`` gives them to the chat model
-as a system message. Memories outlive the conversation (the ``thread_id``): a new
-thread, or on Redis a new process, recalls them.
+memory into the LangGraph store (``runtime.store``) under ``("memories", <user id>)``,
+with a TTL of 30 days; anything else searches that namespace by meaning (cosine
+ranking of the stored embeddings) and passes the best matches on. ``respond`` gives
+them to the chat model as a system message. The user comes in as the run's context
+(``context=UserContext(...)``), the conversation as the checkpointer's ``thread_id``:
+a conversation's messages stay in its thread (short-term memory), while the memories
+outlive it (long-term memory): a new thread, or on Redis a new process, recalls them.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ import sys
 import uuid
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore
 
 from memkv import open_store
@@ -59,20 +64,29 @@ class State(MessagesState):
     recalled: list[str]
 
 
-def recall(state: State, config: RunnableConfig, *, store: BaseStore) -> dict[str, list[str]]:
+@dataclass
+class UserContext:
+    """What a run knows about its caller (``invoke(..., context=...)``)."""
+
+    user_id: str
+
+
+def recall(state: State, runtime: Runtime[UserContext]) -> dict[str, list[str]]:
     """Store a "remember ..." message as a memory, or look up the ones a message needs."""
-    namespace = ("memories", config["configurable"]["user_id"])
+    assert runtime.store is not None  # the graph is compiled with a store
+    namespace = ("memories", runtime.context.user_id)
     text = str(state["messages"][-1].content)
     if text.lower().startswith("remember "):
         memory = {"text": text[len("remember ") :]}
-        store.put(namespace, str(uuid.uuid4()), memory, ttl=MEMORY_TTL_MINUTES)
+        runtime.store.put(namespace, str(uuid.uuid4()), memory, ttl=MEMORY_TTL_MINUTES)
         return {"recalled": []}
-    found = store.search(namespace, query=text, limit=2)
+    found = runtime.store.search(namespace, query=text, limit=2)
     return {"recalled": [item.value["text"] for item in found]}
 
 
 def build_agent(store: BaseStore, replies: Sequence[str]) -> CompiledStateGraph:
-    """The two-node graph, compiled with ``store``; the fake model answers ``replies``."""
+    """The two-node graph, compiled with ``store`` for long-term memories and a
+    checkpointer for each conversation's messages; the fake model answers ``replies``."""
     model = FakeListChatModel(responses=list(replies))
 
     def respond(state: State) -> dict[str, list[object]]:
@@ -80,23 +94,28 @@ def build_agent(store: BaseStore, replies: Sequence[str]) -> CompiledStateGraph:
         system = SystemMessage(f"What you know about the user:\n{known}")
         return {"messages": [model.invoke([system, *state["messages"]])]}
 
-    graph = StateGraph(State)
+    graph = StateGraph(State, context_schema=UserContext)
     graph.add_node("recall", recall)
     graph.add_node("respond", respond)
     graph.add_edge(START, "recall")
     graph.add_edge("recall", "respond")
     graph.add_edge("respond", END)
-    return graph.compile(store=store)
+    return graph.compile(store=store, checkpointer=InMemorySaver())
 
 
 def converse(agent: CompiledStateGraph, user: str, thread: str, message: str) -> list[str]:
     """Send one message; print the exchange and return the memories the agent recalled."""
-    config: RunnableConfig = {"configurable": {"user_id": user, "thread_id": thread}}
-    state = agent.invoke({"messages": [HumanMessage(message)], "recalled": []}, config)
+    config: RunnableConfig = {"configurable": {"thread_id": thread}}
+    state = agent.invoke(
+        {"messages": [HumanMessage(message)], "recalled": []},
+        config,
+        context=UserContext(user_id=user),
+    )
     print(f"[{thread}] {user}: {message}")
     for memory in state["recalled"]:
         print(f"    recalled: {memory}")
     print(f"[{thread}] agent: {state['messages'][-1].content}")
+    print(f"    ({len(state['messages'])} messages in thread {thread})")
     return list(state["recalled"])
 
 
@@ -118,6 +137,7 @@ def main(argv: Sequence[str] = ()) -> list[str]:
     with MemkvStore(open_store(url), index=index) as memories:
         agent = build_agent(memories, ["Green, as you told me."])
         return converse(agent, "ada", "friday", question)
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])

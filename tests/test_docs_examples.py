@@ -8,7 +8,6 @@ those URLs point at the test session's servers.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -23,12 +22,6 @@ DESIGN_NOTES = frozenset(
 )
 EXAMPLE_REDIS_URL = "redis://localhost:6379/0"
 EXAMPLE_CLUSTER_URL = "redis+cluster://localhost:7000"
-#: What other branches bring (a name an example uses: the module that will hold it);
-#: an example using one runs once it is merged.
-PENDING = {
-    "memkv.integrations.langgraph": "memkv.integrations.langgraph",
-    "MemkvLLMCache": "memkv.integrations.langchain",
-}
 
 _BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 
@@ -60,12 +53,6 @@ def _params() -> list[object]:
     ]
 
 
-def _exists(name: str, module: str) -> bool:
-    if importlib.util.find_spec(module) is None:
-        return False
-    return name == module or hasattr(importlib.import_module(module), name)
-
-
 def test_the_guide_has_examples() -> None:
     pages = {name.partition("#")[0] for name, _ in EXAMPLES}
     assert {"quickstart.md", "stores.md", "caching.md", "metrics.md"} <= pages
@@ -73,11 +60,6 @@ def test_the_guide_has_examples() -> None:
 
 @pytest.mark.parametrize(("name", "code"), _params())
 def test_guide_example_runs(name: str, code: str, request: pytest.FixtureRequest) -> None:
-    for pending, module in PENDING.items():
-        if pending in code and not _exists(pending, module):
-            # Described ahead of its merge (test_docs_site.py keeps its reference page
-            # out of the build until then); nothing of the example runs without it.
-            pytest.skip(f"{pending} is not in this tree yet")
     if EXAMPLE_REDIS_URL in code:
         code = code.replace(EXAMPLE_REDIS_URL, request.getfixturevalue("redis_url"))
     if EXAMPLE_CLUSTER_URL in code:

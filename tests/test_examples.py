@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -50,6 +51,9 @@ def test_langgraph_agent_recalls_a_memory_in_a_new_conversation() -> None:
     printed = run_example("langgraph_memory.py")
     assert recalled(printed)[0] == "my favourite colour is green"
     assert "[friday] agent: Green, as you told me." in printed
+    # Each conversation keeps its own messages: friday's recall came from the store.
+    assert "(4 messages in thread monday)" in printed
+    assert "(2 messages in thread friday)" in printed
 
 
 @pytest.mark.redis
@@ -59,5 +63,13 @@ def test_langgraph_agent_recalls_a_memory_from_redis_in_a_new_store(
 ) -> None:
     url = request.getfixturevalue("redis_url" if kind == "redis" else "cluster_url")
     namespace = unique_namespace()
-    printed = run_example("langgraph_memory.py", f"{url}?namespace={namespace}")
+    try:
+        printed = run_example("langgraph_memory.py", f"{url}?namespace={namespace}")
+    finally:  # the memories have a 30-day TTL: leave an external server clean
+        asyncio.run(clear_namespace(f"{url}?namespace={namespace}"))
     assert recalled(printed)[0] == "my favourite colour is green"
+
+
+async def clear_namespace(url: str) -> None:
+    async with memkv.open_store(url) as store:
+        await store.clear()

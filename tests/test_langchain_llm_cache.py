@@ -11,6 +11,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from langchain_core.caches import BaseCache
 from langchain_core.globals import get_llm_cache, set_llm_cache
 from langchain_core.language_models import FakeListChatModel
@@ -96,6 +98,27 @@ def test_keys_keep_prompt_and_llm_string_apart(llm_cache: MemkvLLMCache) -> None
         llm_cache.update(prompt, llm_string, [Generation(text=str(index))])
     for index, (prompt, llm_string) in enumerate(pairs):
         assert llm_cache.lookup(prompt, llm_string) == [Generation(text=str(index))]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pairs=st.lists(
+        st.tuples(st.text(":1a\ud800\U0001f600", max_size=4), st.text(":1a", max_size=4)),
+        min_size=1,
+        max_size=10,
+        unique=True,
+    )
+)
+def test_distinct_prompt_and_llm_string_pairs_never_share_an_entry(
+    pairs: list[tuple[str, str]],
+) -> None:
+    store: LocalMemoryStore[Any] = LocalMemoryStore()
+    with MemkvLLMCache(store) as cache:
+        for index, (prompt, llm_string) in enumerate(pairs):
+            cache.update(prompt, llm_string, [Generation(text=str(index))])
+        assert len(store) == len(pairs)
+        for index, (prompt, llm_string) in enumerate(pairs):
+            assert cache.lookup(prompt, llm_string) == [Generation(text=str(index))]
 
 
 def test_the_store_holds_neither_prompt_nor_llm_string(core: str) -> None:

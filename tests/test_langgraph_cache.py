@@ -6,6 +6,7 @@ runs once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import importlib
 import operator
@@ -15,9 +16,14 @@ import textwrap
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Annotated, Any, TypedDict
+from uuid import UUID
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.cache.base import BaseCache
 from langgraph.cache.memory import InMemoryCache
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
@@ -25,6 +31,7 @@ from langgraph.func import entrypoint, task
 from langgraph.graph import START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import CachePolicy
+from pydantic import BaseModel
 
 from memkv import LocalMemoryStore, MemoryStore, RedisMemoryStore
 from memkv.errors import (
@@ -96,9 +103,37 @@ def keys_of(store: LocalMemoryStore[Any]) -> list[str]:
     return asyncio.run(scan())
 
 
+class Answer(BaseModel):
+    """A structured output a node may write."""
+
+    text: str
+    at: datetime
+
+
+@dataclasses.dataclass
+class Note:
+    """A dataclass a node may write."""
+
+    topic: str
+    tags: list[str]
+
+
 #: What a graph caches (a node's writes: a list of (channel, value) tuples) and more.
 CACHED: dict[tuple[tuple[str, ...], str], Any] = {
     (("writes", "node"), "a"): [("y", 42), ("messages", [{"role": "ai", "content": "hi"}])],
+    (("writes", "chat"), "a"): [
+        (
+            "messages",
+            [
+                HumanMessage("hi", id="1"),
+                AIMessage("", id="2", tool_calls=[{"name": "f", "args": {"q": 1}, "id": "t"}]),
+                ToolMessage("42", tool_call_id="t", id="3"),
+            ],
+        ),
+        ("answer", Answer(text="yes", at=datetime(2026, 1, 1, tzinfo=timezone.utc))),
+        ("note", Note("memkv", ["cache"])),
+        ("misc", {"id": UUID(int=7), "price": Decimal("1.50"), "delay": timedelta(3)}),
+    ],
     (("writes", "node"), "b"): {"nested": [1, 2.5, None, "text"], "when": datetime(2026, 1, 1)},
     (("writes", "other"), "a"): b"\x00raw bytes\xff",
     (("writes", "other"), "b"): bytearray(b"\x01"),
@@ -193,6 +228,32 @@ def test_clear_of_namespaces_removes_exactly_those_namespaces(cache: MemkvCache[
     assert len(cache.get(TRICKY_KEYS)) == len(TRICKY_KEYS) - 5
 
 
+#: Labels and keys from an alphabet of separators, digits and glob characters, where a
+#: careless encoding or an unescaped SCAN MATCH would merge two pairs.
+TRICKY_TEXT = st.text(alphabet=":1*?[]\\{}a", max_size=4)
+FULL_KEYS = st.tuples(st.lists(TRICKY_TEXT, max_size=3).map(tuple), TRICKY_TEXT)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_distinct_pairs_never_share_an_entry_and_clear_removes_one_namespace_exactly(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    @settings(max_examples=100 if kind.startswith("local-") else 25, deadline=None)
+    @given(pairs=st.lists(FULL_KEYS, min_size=1, max_size=12, unique=True), data=st.data())
+    def check(pairs: list[tuple[tuple[str, ...], str]], data: st.DataObject) -> None:
+        with MemkvCache[Any](make_store(request, kind)) as made:
+            made.set({pair: (index, None) for index, pair in enumerate(pairs)})
+            assert made.get(pairs) == {pair: index for index, pair in enumerate(pairs)}
+            cleared = data.draw(st.sampled_from([namespace for namespace, _ in pairs]))
+            made.clear([cleared])
+            assert made.get(pairs) == {
+                pair: index for index, pair in enumerate(pairs) if pair[0] != cleared
+            }
+            made.clear()
+
+    check()
+
+
 async def test_aclear_of_namespaces_removes_exactly_those_namespaces(
     async_cache: MemkvCache[Any],
 ) -> None:
@@ -275,7 +336,14 @@ def test_values_round_trip_through_every_redis_codec(codec: str, redis_url: str)
     )
     with MemkvCache[Any](store) as made:
         made.set({key: (value, 60) for key, value in CACHED.items()})
-        assert made.get(list(VALUES)) == VALUES
+        found = made.get(list(VALUES))
+        assert found == VALUES
+        messages, answer, note, misc = (value for _, value in found[(("writes", "chat"), "a")])
+        assert [type(message) for message in messages] == [HumanMessage, AIMessage, ToolMessage]
+        assert messages[1].tool_calls[0]["args"] == {"q": 1}
+        assert answer == Answer(text="yes", at=datetime(2026, 1, 1, tzinfo=timezone.utc))
+        assert note == Note("memkv", ["cache"])
+        assert misc == {"id": UUID(int=7), "price": Decimal("1.50"), "delay": timedelta(3)}
         made.clear()
 
 
@@ -324,7 +392,30 @@ async def test_bad_namespaces_to_clear_raise_invalid_key_and_remove_nothing(
         assert made.get([(("ns",), "k")]) == {(("ns",), "k"): 1}
 
 
-@pytest.mark.parametrize("ttl", [0, -1, 0.0, "60", True, float("nan"), float("inf"), 1e12])
+@pytest.mark.parametrize("ttl", [0, -1, -0.5])
+def test_a_ttl_of_zero_or_less_removes_the_entry_as_in_memory_cache_does(
+    memory_store: MemoryStore[Any], ttl: Any
+) -> None:
+    reference: InMemoryCache[Any] = InMemoryCache()
+    with MemkvCache[Any](memory_store) as made:
+        kept, expired = (("ns",), "kept"), (("ns",), "expired")
+        for cache in (reference, made):
+            cache.set({kept: (1, None), expired: (2, None)})
+            cache.set({kept: (3, 60), expired: (4, ttl)})  # expired at once: a miss
+        assert made.get([kept, expired]) == reference.get([kept, expired]) == {kept: 3}
+        made.clear()
+
+
+@pytest.mark.parametrize("ttl", [0, -1])
+def test_a_node_with_a_ttl_of_zero_or_less_runs_every_time(ttl: int) -> None:
+    with MemkvCache[Any](LocalMemoryStore()) as made:
+        node = Counter()
+        graph = build_graph(made, node, ttl=ttl)  # LangGraph accepts it: nothing is cached
+        assert graph.invoke({"x": 2, "log": []}) == graph.invoke({"x": 2, "log": []})
+        assert node.runs == [2, 2]
+
+
+@pytest.mark.parametrize("ttl", ["60", True, float("nan"), float("inf"), 1e12])
 def test_a_bad_ttl_raises_invalid_ttl_and_writes_nothing(ttl: Any) -> None:
     store: LocalMemoryStore[Any] = LocalMemoryStore()
     with MemkvCache[Any](store) as made:
@@ -432,8 +523,9 @@ async def test_a_closed_cache_raises_store_closed(
         await made.aget([(("ns",), "k")])
 
 
-def test_a_redis_cache_works_from_many_threads(redis_url: str) -> None:
-    store: RedisMemoryStore[Any] = RedisMemoryStore(redis_url, namespace=unique_namespace())
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+def test_a_redis_cache_works_from_many_threads(kind: str, request: pytest.FixtureRequest) -> None:
+    store = make_store(request, kind)
     failures: list[BaseException] = []
     with MemkvCache[Any](store) as made:
 
@@ -534,6 +626,27 @@ async def test_a_graph_runs_a_cached_node_once_async(async_cache: MemkvCache[Any
     assert node.runs == [21, 7]
     assert graph.invoke({"x": 7, "log": []}) == expected(7)  # sync runs share the entries
     assert node.runs == [21, 7]
+
+
+async def test_concurrent_runs_of_a_graph_are_answered_and_then_served_from_the_cache(
+    async_cache: MemkvCache[Any],
+) -> None:
+    node = Counter()
+    graph = build_graph(async_cache, node)
+    inputs: list[Any] = [{"x": x % 3, "log": []} for x in range(12)]
+    assert await graph.abatch(inputs) == [expected(x % 3) for x in range(12)]
+    assert sorted(set(node.runs)) == [0, 1, 2]
+    runs = len(node.runs)
+
+    async def stream(one: Any) -> list[Any]:
+        return [chunk async for chunk in graph.astream(one)]
+
+    streams = await asyncio.gather(*(stream(one) for one in inputs[:3]))
+    results = await asyncio.gather(*(graph.ainvoke(one) for one in inputs))
+    assert results == [expected(x % 3) for x in range(12)]
+    assert graph.batch(inputs) == results  # sync runs in LangGraph's threads
+    assert len(node.runs) == runs
+    assert all(stream[-1]["__metadata__"] == {"cached": True} for stream in streams)
 
 
 async def test_clearing_a_graphs_cache_runs_the_node_again(cache: MemkvCache[Any]) -> None:

@@ -244,8 +244,8 @@ class MemkvLLMCache(BridgedAdapter, BaseCache):
     store. Each call is one operation on the store (``get``, ``set``, ``clear``).
 
     **Keys.** Every entry lives at ``"langchain-llm-cache:"`` followed by the SHA-256
-    (hex) of the prompt and the model string, each prefixed with its length, so that
-    no two ``(prompt, llm_string)`` pairs share a key and neither text appears in the
+    (hex) of the prompt's length, ``":"``, the prompt and the model string, so that no
+    two ``(prompt, llm_string)`` pairs share a key and neither text appears in the
     store. A store may hold other data besides the cache.
 
     **Values** are the generations serialised by ``langchain_core.load.dumps`` (a JSON

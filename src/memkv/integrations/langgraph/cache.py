@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 try:
@@ -32,6 +33,9 @@ _WORKER_THREAD_PREFIX = "memkv-langgraph-"
 #: Entries to write with one TTL (seconds, or ``None``), as (store key, stored bytes).
 _Batches = dict[float | None, list[tuple[str, bytes]]]
 
+#: The store keys whose TTL is 0 or less (expired at once), and the batches to write.
+_Writes = tuple[list[str], _Batches]
+
 
 class MemkvCache(BridgedAdapter, BaseCache[ValueT]):
     """A LangGraph ``BaseCache`` over any memkv ``MemoryStore``, sync and async.
@@ -41,13 +45,16 @@ class MemkvCache(BridgedAdapter, BaseCache[ValueT]):
     same input reuses them instead of running the node. ``get``/``aget`` take
     ``(namespace, key)`` pairs (a namespace is a tuple of ``str`` labels) and return
     a dict of the pairs found; ``set``/``aset`` take ``{(namespace, key): (value,
-    ttl)}`` with a TTL in seconds per entry (``None``: never expires), one
-    ``set_many`` per distinct TTL; ``clear``/``aclear`` remove the entries of exactly
-    the namespaces given (not their sub-namespaces), or with ``None`` every entry of
-    this cache, and nothing else in the store (``graph.clear_cache()`` calls it). Each
-    call costs one batch operation on the store (``get_many``, ``set_many``), or one
-    prefix ``clear`` per namespace (on Redis a ``SCAN`` of the store's namespace
-    each). Expiry is the store's own: local entries expire on the store's clock, Redis
+    ttl)}`` with a TTL in seconds per entry: ``None`` never expires, and 0 or less
+    (``CachePolicy(ttl=0)``) is expired at once, so the entry is removed rather than
+    written, as in LangGraph's ``InMemoryCache``. ``clear``/``aclear`` remove the
+    entries of exactly the namespaces given (not their sub-namespaces), or with
+    ``None`` every entry of this cache, and nothing else in the store
+    (``graph.clear_cache(nodes)`` calls it with the nodes' namespaces). Each call
+    costs one batch operation on the store (``get_many``; ``set_many`` per distinct
+    TTL, plus one ``delete_many`` for the TTLs of 0 or less), or one prefix
+    ``clear`` per namespace (on Redis a ``SCAN`` of the store's namespace each).
+    Expiry is the store's own: local entries expire on the store's clock, Redis
     entries on the server.
 
     **Keys.** Every entry lives under ``"langgraph-cache:"``, then the number of
@@ -68,7 +75,8 @@ class MemkvCache(BridgedAdapter, BaseCache[ValueT]):
 
     Bad input raises before anything is written: a namespace that is not a tuple
     (or list) of ``str``, or a key that is not a ``str``, raises ``InvalidKeyError``;
-    a bad TTL ``InvalidTTLError``; ``pairs`` that is not a mapping of ``(value,
+    a TTL that is not a number, ``timedelta`` or ``None`` (or is NaN, infinite or
+    over 100 years) ``InvalidTTLError``; ``pairs`` that is not a mapping of ``(value,
     ttl)`` tuples ``InvalidArgumentTypeError``.
 
     The store runs as in ``memkv.integrations.langchain.MemkvStore``: a
@@ -129,7 +137,7 @@ class MemkvCache(BridgedAdapter, BaseCache[ValueT]):
 
     def set(self, pairs: Mapping[FullKey, tuple[ValueT, int | None]]) -> None:
         """Store each ``(namespace, key): (value, ttl)``; ``ttl`` in seconds or ``None``."""
-        self._bridge.call(self._write(self._batches(pairs)))
+        self._bridge.call(self._write(self._writes(pairs)))
 
     def clear(self, namespaces: Sequence[Namespace] | None = None) -> None:
         """Remove the entries of ``namespaces`` (each exactly), or with ``None`` all of
@@ -145,7 +153,7 @@ class MemkvCache(BridgedAdapter, BaseCache[ValueT]):
 
     async def aset(self, pairs: Mapping[FullKey, tuple[ValueT, int | None]]) -> None:
         """Async ``set``."""
-        await self._bridge.run(self._write(self._batches(pairs)))
+        await self._bridge.run(self._write(self._writes(pairs)))
 
     async def aclear(self, namespaces: Sequence[Namespace] | None = None) -> None:
         """Async ``clear``."""
@@ -195,14 +203,15 @@ class MemkvCache(BridgedAdapter, BaseCache[ValueT]):
 
     # -- values --------------------------------------------------------------------------
 
-    def _batches(self, pairs: object) -> _Batches:
-        """The entries to write, grouped by TTL; everything is checked and serialised
-        before anything is written."""
+    def _writes(self, pairs: object) -> _Writes:
+        """The keys to remove and the entries to write, grouped by TTL; everything is
+        checked and serialised before anything is written."""
         if not isinstance(pairs, Mapping):
             raise InvalidArgumentTypeError(
                 "pairs must be a mapping of (namespace, key) to (value, ttl), "
                 f"not {type(pairs).__name__}"
             )
+        expired: list[str] = []
         batches: _Batches = {}
         for pair, value_and_ttl in pairs.items():
             full_key, store_key = self._full_key(pair)
@@ -212,12 +221,19 @@ class MemkvCache(BridgedAdapter, BaseCache[ValueT]):
                     f"not {type(value_and_ttl).__name__}"
                 )
             value, ttl = value_and_ttl
-            seconds = ttl_seconds(ttl)
-            batches.setdefault(seconds, []).append((store_key, self._dumps(full_key, value)))
+            # Serialised whatever the TTL: a value the serde refuses raises either way.
+            stored = self._dumps(full_key, value)
+            if _expired_at_once(ttl):
+                expired.append(store_key)
+            else:
+                batches.setdefault(ttl_seconds(ttl), []).append((store_key, stored))
         self._bridge.check_open()
-        return batches
+        return expired, batches
 
-    async def _write(self, batches: _Batches) -> None:
+    async def _write(self, writes: _Writes) -> None:
+        expired, batches = writes
+        if expired:
+            await self._store.delete_many(expired)
         for seconds, items in batches.items():
             await self._store.set_many(items, seconds)
 
@@ -268,6 +284,14 @@ class MemkvCache(BridgedAdapter, BaseCache[ValueT]):
             f"with {type(self.serde).__name__} ({failure}): it was written by something "
             "else or by another serde; clear() removes it"
         )
+
+
+def _expired_at_once(ttl: object) -> bool:
+    """Whether ``ttl`` is 0 or less: LangGraph's ``InMemoryCache`` stores such an entry
+    already expired, and a ``CachePolicy(ttl=0)`` graph must run, not raise."""
+    if isinstance(ttl, timedelta):
+        return ttl <= timedelta(0)
+    return isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and ttl <= 0
 
 
 def _label(label: object) -> str:
