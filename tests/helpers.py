@@ -73,6 +73,21 @@ class StoreHarness:
 
 LOCAL_KINDS = ("local-python", "local-cython")
 REDIS_KINDS = ("redis", "redis-cluster")
+#: Every kind of store, for adapter tests parametrised over all of them.
+ALL_KINDS = [*LOCAL_KINDS, *REDIS_KINDS]
+
+
+def make_store(request: pytest.FixtureRequest, kind: str, **options: Any) -> MemoryStore[Any]:
+    """An empty store of ``kind`` (Redis: in a fresh namespace of the session's server
+    or cluster, started by the fixtures on first use)."""
+    if kind.startswith("local-"):
+        store: MemoryStore[Any] = local_store_type(kind.removeprefix("local-"))(**options)
+        return store
+    from memkv.redis import RedisMemoryStore
+    from tests.redis_servers import unique_namespace
+
+    url = request.getfixturevalue("redis_url" if kind == "redis" else "cluster_url")
+    return RedisMemoryStore(url, namespace=unique_namespace(), **options)
 
 
 async def make_local_harness(kind: str) -> StoreHarness:

@@ -29,20 +29,11 @@ from memkv.errors import (
     StoreClosedError,
 )
 from memkv.integrations.langchain import MemkvLLMCache
-from tests.helpers import FakeClock, local_store_type
+from tests.helpers import ALL_KINDS, FakeClock, local_store_type, make_store
 from tests.redis_servers import unique_namespace
 
-KINDS = ["local-python", "local-cython", "redis", "redis-cluster"]
+KINDS = ALL_KINDS
 PREFIX = MemkvLLMCache.KEY_PREFIX
-
-
-def make_store(request: pytest.FixtureRequest, kind: str) -> MemoryStore[Any]:
-    """An empty store of ``kind`` (Redis: in a fresh namespace)."""
-    if kind.startswith("local-"):
-        store: MemoryStore[Any] = local_store_type(kind.removeprefix("local-"))()
-        return store
-    url = request.getfixturevalue("redis_url" if kind == "redis" else "cluster_url")
-    return RedisMemoryStore(url, namespace=unique_namespace())
 
 
 def _keys(store: LocalMemoryStore[Any]) -> list[str]:

@@ -42,10 +42,10 @@ from memkv.errors import (
     StoreClosedError,
 )
 from memkv.integrations.langgraph import MemkvCache
-from tests.helpers import FakeClock, local_store_type
+from tests.helpers import ALL_KINDS, FakeClock, local_store_type, make_store
 from tests.redis_servers import unique_namespace
 
-KINDS = ["local-python", "local-cython", "redis", "redis-cluster"]
+KINDS = ALL_KINDS
 WORKER_PREFIX = "memkv-langgraph-"
 PREFIX = MemkvCache.KEY_PREFIX
 
@@ -65,15 +65,6 @@ def no_leaked_worker_threads() -> Iterator[None]:
         for thread in left:
             thread.join(timeout=5)
     assert worker_threads() <= before
-
-
-def make_store(request: pytest.FixtureRequest, kind: str, **options: Any) -> MemoryStore[Any]:
-    """An empty store of ``kind`` (Redis: in a fresh namespace)."""
-    if kind.startswith("local-"):
-        store: MemoryStore[Any] = local_store_type(kind.removeprefix("local-"))(**options)
-        return store
-    url = request.getfixturevalue("redis_url" if kind == "redis" else "cluster_url")
-    return RedisMemoryStore(url, namespace=unique_namespace(), **options)
 
 
 @pytest.fixture(params=KINDS)
