@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import math
 import operator
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -85,6 +86,8 @@ _RANGE_OPERATORS: dict[str, Callable[[float, float], bool]] = {
 #: (never in a document that a codec encodes: that store runs inline, no codec).
 _ITEM = "_item"
 _OPERATORS = frozenset({"$eq", "$ne", *_RANGE_OPERATORS})
+#: Keys per scan batch and per get_many of a search.
+_BATCH = 1000
 
 
 class MemkvStore(BridgedAdapter, BaseStore):
@@ -252,8 +255,10 @@ class MemkvStore(BridgedAdapter, BaseStore):
 
         On the local store, a present item costs one core lookup (see ``aget``).
         """
-        key = _key_text(key)
-        refresh = self._refresh(refresh_ttl)
+        # The checks inline (each call saved counts at a microsecond per get).
+        if type(key) is not str:
+            key = _key_text(key)
+        refresh = self._refresh_default if refresh_ttl is None else self._refresh(refresh_ttl)
         if self._get_now is None or self._bridge.closed:
             # Not inline (or closed: batch raises StoreClosedError): the full path.
             return cast("Item | None", self.batch([GetOp(namespace, key, refresh)])[0])
@@ -268,8 +273,10 @@ class MemkvStore(BridgedAdapter, BaseStore):
         """Async ``get``. On the local store, a present item costs one core lookup, and
         reads of an item return the same ``Item`` until it is written again (as
         ``InMemoryStore`` returns its own)."""
-        key = _key_text(key)
-        refresh = self._refresh(refresh_ttl)
+        # The checks inline (each call saved counts at a microsecond per get).
+        if type(key) is not str:
+            key = _key_text(key)
+        refresh = self._refresh_default if refresh_ttl is None else self._refresh(refresh_ttl)
         if self._get_now is None or self._bridge.closed:
             return cast("Item | None", (await self.abatch([GetOp(namespace, key, refresh)]))[0])
         item, memkv_key, seconds = self._get_here(namespace, key, refresh)
@@ -283,7 +290,13 @@ class MemkvStore(BridgedAdapter, BaseStore):
         """A get on a store that runs inline: the item, its memkv key and the TTL
         (seconds) to give it again, if the read refreshes it."""
         assert self._get_now is not None
-        memkv_key = _item_key(namespace, key)
+        try:
+            encoded = _ENCODED[namespace] if type(namespace) is tuple else None
+        except (KeyError, TypeError):  # not yet encoded, or an unhashable label
+            encoded = None
+        if encoded is None:
+            encoded = _namespace_prefix(namespace)  # checks and caches it
+        memkv_key = KEY_PREFIX + encoded + "/" + key
         entry = self._get_now(memkv_key)
         if entry is None:
             return None, memkv_key, None
@@ -317,7 +330,9 @@ class MemkvStore(BridgedAdapter, BaseStore):
     ) -> list[SearchItem]:
         """Items under ``namespace_prefix`` matching ``filter``, ranked by ``query``."""
         op = SearchOp(namespace_prefix, filter, limit, offset, query, self._refresh(refresh_ttl))
-        return cast("list[SearchItem]", self.batch([op])[0])
+        if query and self.embeddings is not None:
+            return cast("list[SearchItem]", self.batch([op])[0])
+        return self._bridge.call(self._search_alone(op, _check_search(op)))
 
     async def asearch(
         self,
@@ -332,7 +347,9 @@ class MemkvStore(BridgedAdapter, BaseStore):
     ) -> list[SearchItem]:
         """Async ``search``."""
         op = SearchOp(namespace_prefix, filter, limit, offset, query, self._refresh(refresh_ttl))
-        return cast("list[SearchItem]", (await self.abatch([op]))[0])
+        if query and self.embeddings is not None:
+            return cast("list[SearchItem]", (await self.abatch([op]))[0])
+        return await self._bridge.run(self._search_alone(op, _check_search(op)))
 
     def put(
         self,
@@ -441,20 +458,12 @@ class MemkvStore(BridgedAdapter, BaseStore):
                 f"ops must be an iterable of LangGraph ops, not {type(ops).__name__}"
             )
         plan = _Plan(list(ops))
-        for op in plan.ops:
+        for i, op in enumerate(plan.ops):
             if isinstance(op, GetOp):
                 _item_key(op.namespace, op.key)
                 _check_bool(op.refresh_ttl, "refresh_ttl")
             elif isinstance(op, SearchOp):
-                _namespace_prefix(op.namespace_prefix)
-                _check_filter(op.filter)
-                _check_count(op.limit, "limit")
-                _check_count(op.offset, "offset")
-                _check_bool(op.refresh_ttl, "refresh_ttl")
-                if op.query is not None and not isinstance(op.query, str):
-                    raise InvalidArgumentTypeError(
-                        f"query must be a str or None, not {type(op.query).__name__}"
-                    )
+                plan.filters[i] = _check_search(op)
                 if op.query and self.embeddings is not None and op.query not in plan.queries:
                     plan.queries.append(op.query)
             elif isinstance(op, ListNamespacesOp):
@@ -521,7 +530,8 @@ class MemkvStore(BridgedAdapter, BaseStore):
                     touches[entry.key] = document["ttl"] * 60.0
         for i, op in enumerate(plan.ops):
             if isinstance(op, SearchOp):
-                results[i] = await self._search(op, plan, touches)
+                vector = plan.query_vectors.get(op.query) if op.query else None
+                results[i] = await self._search(op, plan.filters[i], vector, touches)
             elif isinstance(op, ListNamespacesOp):
                 results[i] = await self._list_namespaces(op)
         for memkv_key, seconds in touches.items():
@@ -530,45 +540,65 @@ class MemkvStore(BridgedAdapter, BaseStore):
             await self._write(plan)
         return results
 
+    async def _search_alone(self, op: SearchOp, test: _Test | None) -> list[SearchItem]:
+        """A checked search without a query vector, outside a batch (no plan to make)."""
+        touches: dict[str, float] = {}
+        found = await self._search(op, test, None, touches)
+        for memkv_key, seconds in touches.items():
+            await self._store.touch(memkv_key, seconds)
+        return found
+
     async def _search(
-        self, op: SearchOp, plan: _Plan, touches: dict[str, float]
+        self,
+        op: SearchOp,
+        test: _Test | None,
+        query_vector: list[float] | None,
+        touches: dict[str, float],
     ) -> list[SearchItem]:
+        """Run a checked search; adds the keys whose TTL the read refreshes to ``touches``."""
+        if op.limit == 0:
+            return []
+        store = self._store
         prefix = KEY_PREFIX + _namespace_prefix(op.namespace_prefix)
-        keys = [key async for key in self._store.scan(prefix, 1000)]
-        candidates: list[tuple[tuple[str, ...], int, str, MemoryEntry[Any], dict[str, Any]]] = []
-        namespaces: dict[str, tuple[str, ...]] = {}  # decoded once per search
-        for start in range(0, len(keys), 1000):
-            chunk = await self._store.get_many(keys[start : start + 1000])
-            for entry in chunk:
-                if entry is None:
-                    continue
-                document = _document(entry)
-                if op.filter and not _matches(document["value"], op.filter):
-                    continue
-                memkv_key = entry.key
-                end = memkv_key.index("//", len(KEY_PREFIX))
-                encoded = memkv_key[len(KEY_PREFIX) : end + 1]
-                namespace = namespaces.get(encoded)
-                if namespace is None:
-                    namespace = namespaces[encoded] = _decode_namespace(encoded)
-                key = memkv_key[end + 2 :]
-                candidates.append((namespace, document["order"], key, entry, document))
-        candidates.sort(key=operator.itemgetter(0, 1, 2))
-        query_vector = plan.query_vectors.get(op.query) if op.query else None
-        kept: list[tuple[float | None, Any]]
+        keys = [key async for key in store.scan(prefix, _BATCH)]
+        # Code-point order (the local store's already): each namespace's keys in one run.
+        keys.sort()
+        entries: list[MemoryEntry[Any] | None] = []
+        for start in range(0, len(keys), _BATCH):
+            entries += await store.get_many(keys[start : start + _BATCH])
+        candidates: Iterator[_Candidate] = _in_order(keys, entries)
+        if test is not None:
+            candidates = (c for c in candidates if test(c[3]["value"]))
+        kept: list[tuple[float | None, _Candidate]]
         if query_vector is None:
-            kept = [(None, c) for c in candidates[op.offset : op.offset + op.limit]]
+            # Lazily: items past the page are neither filtered nor built.
+            # (islice takes at most sys.maxsize; no store holds that many items.)
+            start = min(op.offset, sys.maxsize)
+            end = min(op.offset + op.limit, sys.maxsize)
+            kept = [(None, c) for c in itertools.islice(candidates, start, end)]
         else:
-            kept = _rank(query_vector, candidates, op.offset, op.limit)
+            kept = _rank(query_vector, list(candidates), op.offset, op.limit)
+        inline = self._bridge.inline
         found = []
-        for score, (namespace, _, key, entry, document) in kept:
-            found.append(
-                SearchItem(
-                    namespace=namespace,
-                    key=key,
+        for score, (namespace, key, entry, document) in kept:
+            item: Item | None = document.get(_ITEM) if inline else None
+            if item is None:
+                item = Item(
                     value=document["value"],
+                    key=key,
+                    namespace=namespace,
                     created_at=entry.created_at,
                     updated_at=entry.updated_at,
+                )
+                if inline:
+                    document[_ITEM] = item  # as _get_here keeps it
+            found.append(
+                SearchItem(
+                    namespace=item.namespace,
+                    key=key,
+                    value=item.value,
+                    created_at=item.created_at,
+                    updated_at=item.updated_at,
                     score=score,
                 )
             )
@@ -586,7 +616,7 @@ class MemkvStore(BridgedAdapter, BaseStore):
                 break
         seen: set[str] = set()
         namespaces: set[tuple[str, ...]] = set()
-        async for key in self._store.scan(KEY_PREFIX + literal, 1000):
+        async for key in self._store.scan(KEY_PREFIX + literal, _BATCH):
             encoded = key[len(KEY_PREFIX) : key.index("//", len(KEY_PREFIX)) + 1]
             if encoded in seen:
                 continue
@@ -638,12 +668,23 @@ class MemkvStore(BridgedAdapter, BaseStore):
 
 
 class _Plan:
-    """A checked batch: its ops, the puts by memkv key, and what to embed."""
+    """A checked batch: its ops, the searches' filters, the puts by memkv key, and what
+    to embed."""
 
-    __slots__ = ("ops", "put_paths", "puts", "queries", "query_vectors", "text_vectors")
+    __slots__ = (
+        "filters",
+        "ops",
+        "put_paths",
+        "puts",
+        "queries",
+        "query_vectors",
+        "text_vectors",
+    )
 
     def __init__(self, ops: list[Any]) -> None:
         self.ops = ops
+        #: The compiled filter of each search, by its position in ``ops``.
+        self.filters: dict[int, _Test | None] = {}
         self.puts: dict[str, PutOp] = {}
         self.put_paths: dict[str, list[tuple[str, str]]] = {}
         self.queries: list[str] = []
@@ -723,14 +764,50 @@ def _decode_namespace(encoded: str) -> tuple[str, ...]:
     return tuple(unquote(label) if "%" in label else label for label in encoded[:-1].split("/"))
 
 
+#: A search result to be: its namespace, key, entry and document.
+_Candidate = tuple[tuple[str, ...], str, MemoryEntry[Any], dict[str, Any]]
+
+
+def _in_order(keys: list[str], entries: list[MemoryEntry[Any] | None]) -> Iterator[_Candidate]:
+    """The entries found at ``keys`` (in code-point order): namespaces in sorted order,
+    the items of each in the order they were first written (then by key)."""
+    groups: list[tuple[tuple[str, ...], int, list[tuple[str, MemoryEntry[Any]]]]] = []
+    start = ""
+    members: list[tuple[str, MemoryEntry[Any]]] = []
+    for memkv_key, entry in zip(keys, entries, strict=True):
+        if entry is None:
+            continue
+        # A namespace's keys share its start, so they come in one run.
+        if not start or not memkv_key.startswith(start):
+            cut = memkv_key.find("//", len(KEY_PREFIX)) + 2
+            if cut == 1:
+                raise _not_an_item(memkv_key)
+            start = memkv_key[:cut]
+            members = []
+            groups.append((_decode_namespace(start[len(KEY_PREFIX) : cut - 1]), cut, members))
+        members.append((memkv_key, entry))
+    groups.sort(key=operator.itemgetter(0))
+    for namespace, cut, members in groups:
+        documents = [_document(entry) for _, entry in members]
+        orders = [document["order"] for document in documents]
+        # A stable sort: equal orders (items of two processes) stay in key order.
+        for position in sorted(range(len(members)), key=orders.__getitem__):
+            memkv_key, entry = members[position]
+            yield namespace, memkv_key[cut:], entry, documents[position]
+
+
 def _document(entry: MemoryEntry[Any]) -> dict[str, Any]:
     document = entry.value
     if type(document) is not dict or type(document.get("value")) is not dict:
-        raise CodecError(
-            f"the entry at {entry.key!r} is not a MemkvStore item (written by something "
-            f"else under {KEY_PREFIX!r}?)"
-        )
+        raise _not_an_item(entry.key)
     return document
+
+
+def _not_an_item(memkv_key: str) -> CodecError:
+    return CodecError(
+        f"the entry at {memkv_key!r} is not a MemkvStore item (written by something "
+        f"else under {KEY_PREFIX!r}?)"
+    )
 
 
 _order_lock = threading.Lock()
@@ -872,41 +949,6 @@ def _check_index_config(
     return config, embeddings, tokenized
 
 
-def _check_filter(filter: object) -> None:
-    if filter is None:
-        return
-    if not isinstance(filter, dict):
-        raise InvalidArgumentTypeError(
-            f"filter must be a dict or None, not {type(filter).__name__}"
-        )
-    for field, expected in filter.items():
-        if not isinstance(field, str):
-            raise InvalidArgumentTypeError(
-                f"filter fields must be str, not {type(field).__name__}"
-            )
-        _check_condition(expected)
-
-
-def _check_condition(expected: object) -> None:
-    if isinstance(expected, dict):
-        if any(isinstance(k, str) and k.startswith("$") for k in expected):
-            for name, bound in expected.items():
-                if name not in _OPERATORS:
-                    raise InvalidArgumentError(
-                        f"unsupported filter operator {name!r}; expected one of "
-                        f"{sorted(_OPERATORS)}"
-                    )
-                if name in _RANGE_OPERATORS and _number(bound) is None:
-                    raise InvalidArgumentError(
-                        f"{name} needs a number, not {type(bound).__name__}"
-                    )
-            return
-        _check_filter(expected)
-    elif isinstance(expected, (list, tuple)):
-        for element in expected:
-            _check_condition(element)
-
-
 # -- filters and ranking: InMemoryStore's semantics ----------------------------------------
 
 
@@ -917,34 +959,87 @@ def _number(value: object) -> float | None:
         return None
 
 
-def _matches(value: dict[str, Any], filter: dict[str, Any]) -> bool:
-    return all(_compare(value.get(field), expected) for field, expected in filter.items())
+#: A compiled filter condition: whether a field's value (an item's value, at the top) matches.
+_Test = Callable[[Any], bool]
 
 
-def _compare(actual: Any, expected: Any) -> bool:
-    if isinstance(expected, dict):
-        if any(k.startswith("$") for k in expected):
-            return all(_apply(actual, name, bound) for name, bound in expected.items())
-        if not isinstance(actual, dict):
-            return False
-        return all(_compare(actual.get(k), v) for k, v in expected.items())
-    if isinstance(expected, (list, tuple)):
-        return (
-            isinstance(actual, (list, tuple))
-            and len(actual) == len(expected)
-            and all(_compare(a, e) for a, e in zip(actual, expected, strict=True))
+def _check_search(op: SearchOp) -> _Test | None:
+    """Check a search op; its filter compiled into a test of an item's value (or None)."""
+    _namespace_prefix(op.namespace_prefix)
+    _check_count(op.limit, "limit")
+    _check_count(op.offset, "offset")
+    _check_bool(op.refresh_ttl, "refresh_ttl")
+    if op.query is not None and not isinstance(op.query, str):
+        raise InvalidArgumentTypeError(
+            f"query must be a str or None, not {type(op.query).__name__}"
         )
-    return bool(actual == expected)
+    if op.filter is None:
+        return None
+    if not isinstance(op.filter, dict):
+        raise InvalidArgumentTypeError(
+            f"filter must be a dict or None, not {type(op.filter).__name__}"
+        )
+    return _fields_test(op.filter) if op.filter else None
 
 
-def _apply(actual: Any, name: str, bound: Any) -> bool:
+def _fields_test(filter: dict[Any, Any]) -> _Test:
+    """``{"field": condition, ...}``: a dict whose every field matches its condition."""
+    tests: list[tuple[str, _Test]] = []
+    for field, expected in filter.items():
+        if not isinstance(field, str):
+            raise InvalidArgumentTypeError(
+                f"filter fields must be str, not {type(field).__name__}"
+            )
+        tests.append((field, _condition_test(expected)))
+    if len(tests) == 1:
+        ((field, test),) = tests
+        return lambda value: test(value.get(field))
+    return lambda value: all(test(value.get(field)) for field, test in tests)
+
+
+def _condition_test(expected: object) -> _Test:
+    """One field's condition, as ``InMemoryStore`` compares it: operators, nested
+    fields (a dict), element by element (a list), else equality."""
+    if isinstance(expected, dict):
+        if not any(isinstance(k, str) and k.startswith("$") for k in expected):
+            fields = _fields_test(expected) if expected else None
+            return lambda actual: isinstance(actual, dict) and (fields is None or fields(actual))
+        tests = [_operator_test(name, bound) for name, bound in expected.items()]
+        if len(tests) == 1:
+            return tests[0]
+        return lambda actual: all(test(actual) for test in tests)
+    if isinstance(expected, (list, tuple)):
+        elements = [_condition_test(element) for element in expected]
+        size = len(elements)
+        return lambda actual: (
+            isinstance(actual, (list, tuple))
+            and len(actual) == size
+            and all(test(a) for test, a in zip(elements, actual, strict=True))
+        )
+    return lambda actual: bool(actual == expected)
+
+
+def _operator_test(name: object, bound: Any) -> _Test:
     if name == "$eq":
-        return bool(actual == bound)
+        return lambda actual: bool(actual == bound)
     if name == "$ne":
-        return bool(actual != bound)
-    number = _number(actual)
+        return lambda actual: bool(actual != bound)
+    compare = _RANGE_OPERATORS.get(name) if isinstance(name, str) else None
+    if compare is None:
+        raise InvalidArgumentError(
+            f"unsupported filter operator {name!r}; expected one of {sorted(_OPERATORS)}"
+        )
     limit = _number(bound)
-    return number is not None and limit is not None and _RANGE_OPERATORS[name](number, limit)
+    if limit is None:
+        raise InvalidArgumentError(f"{name} needs a number, not {type(bound).__name__}")
+
+    def ranged(actual: Any) -> bool:
+        try:
+            return compare(float(actual), limit)
+        except (TypeError, ValueError, OverflowError):
+            return False  # InMemoryStore raises here (see the class docstring)
+
+    return ranged
 
 
 def _cosine(query: list[float], query_norm: float, vector: list[float]) -> float:
@@ -956,22 +1051,22 @@ def _cosine(query: list[float], query_norm: float, vector: list[float]) -> float
 
 
 def _rank(
-    query: list[float], candidates: list[Any], offset: int, limit: int
-) -> list[tuple[float | None, Any]]:
+    query: list[float], candidates: list[_Candidate], offset: int, limit: int
+) -> list[tuple[float | None, _Candidate]]:
     """Candidates by their best cosine similarity to ``query`` (``InMemoryStore``'s rule:
     max over an item's vectors, unscored items after the scored ones)."""
     query_norm = math.sqrt(sum(x * x for x in query))
-    scored: list[tuple[float, int, Any]] = []
+    scored: list[tuple[float, int, _Candidate]] = []
     unscored = []
     for position, candidate in enumerate(candidates):
-        vectors = candidate[4].get("vectors")
+        vectors = candidate[3].get("vectors")
         if not vectors:
             unscored.append(candidate)
             continue
         best = max(_cosine(query, query_norm, vector) for _, vector in vectors)
         scored.append((best, position, candidate))
     scored.sort(key=lambda s: (-s[0], s[1]))
-    kept: list[tuple[float | None, Any]] = [
+    kept: list[tuple[float | None, _Candidate]] = [
         (score, candidate) for score, _, candidate in scored[offset : offset + limit]
     ]
     if unscored and len(kept) < limit:
