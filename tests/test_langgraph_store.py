@@ -7,7 +7,9 @@ timestamps, codec errors, namespace errors, closing, and the optional import.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -21,6 +23,7 @@ from langgraph.store.base import GetOp, IndexConfig, InvalidNamespaceError, PutO
 from langgraph.store.memory import InMemoryStore
 
 from memkv import LocalMemoryStore, MemoryStore, RedisMemoryStore
+from memkv.codecs import encode_value, resolve_codec
 from memkv.errors import (
     CodecError,
     InvalidArgumentError,
@@ -409,3 +412,66 @@ def test_timestamps_are_timezone_aware_utc() -> None:
         assert item is not None
         assert item.created_at.utcoffset() == timedelta(0)
         assert abs(datetime.now(timezone.utc) - item.created_at) < timedelta(minutes=1)
+
+
+# -- the Item kept beside a local document -----------------------------------------------------
+
+
+def test_a_document_rewritten_through_the_memkv_store_is_read_afresh(core: str) -> None:
+    """The kept ``Item`` never outlives its entry: a read-modify-write of the same
+    document object through the memkv store's own API is seen by the next read."""
+    clock = FakeClock()
+    memory: LocalMemoryStore[Any] = local_store_type(core)(clock=clock)
+    memkv_key = KEY_PREFIX + "t//k"
+    with MemkvStore(memory) as store:
+        store.put(("t",), "k", {"v": 1})
+        first = store.get(("t",), "k")
+        assert first is not None
+        assert store.search(("t",))[0].value == {"v": 1}
+        entry = asyncio.run(memory.get(memkv_key))
+        assert entry is not None
+        document = entry.value
+        document["value"] = {"v": 2}  # the value replaced in the held document
+        assert store.get(("t",), "k").value == {"v": 2}  # type: ignore[union-attr]
+        assert store.search(("t",))[0].value == {"v": 2}
+        clock.tick(5)
+        document["value"]["v"] = 3
+        asyncio.run(memory.set(memkv_key, document))  # written back, same object
+        for read in (store.get(("t",), "k"), store.search(("t",))[0]):
+            assert read is not None
+            assert read.value == {"v": 3}
+            assert read.updated_at == first.updated_at + timedelta(seconds=5)
+            assert read.created_at == first.created_at
+
+
+def test_the_local_store_holds_only_the_documented_document(core: str) -> None:
+    """What a reader of the memkv store sees (and a codec encodes) is the document the
+    class docstring describes, however often the item was read."""
+    with MemkvStore(local_store_type(core)()) as store:
+        store.put(("t",), "k", {"v": 1}, ttl=5)
+        assert store.get(("t",), "k") is not None
+        assert store.search(("t",))[0].key == "k"
+        entry = asyncio.run(store._store.get(KEY_PREFIX + "t//k"))
+        assert entry is not None
+        document = entry.value
+        assert isinstance(document, dict)
+        assert sorted(document) == ["order", "ttl", "value"]
+        assert document == {"value": {"v": 1}, "order": document["order"], "ttl": 5}
+        for codec in ("json", "msgpack", "pickle"):
+            chosen = resolve_codec(codec)
+            assert chosen.decode(encode_value(chosen, document)) == document
+        copied = pickle.loads(pickle.dumps(document))
+        assert type(copied) is dict
+        assert "Item" not in repr(document)
+
+
+def test_a_stray_key_under_the_prefix_is_a_codec_error_for_every_read() -> None:
+    memory: LocalMemoryStore[Any] = LocalMemoryStore()
+    with MemkvStore(memory) as store:
+        store.put(("t",), "k", {"v": 1})
+        asyncio.run(memory.set(KEY_PREFIX + "stray", {"value": {}, "order": 1}))
+        with pytest.raises(CodecError):
+            store.list_namespaces()
+        with pytest.raises(CodecError):
+            store.search(())
+        assert store.list_namespaces(prefix=("t",)) == [("t",)]

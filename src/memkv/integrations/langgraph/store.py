@@ -61,6 +61,7 @@ from memkv.errors import (
     InvalidKeyError,
 )
 from memkv.integrations._sync_bridge import BridgedAdapter, SyncBridge
+from memkv.local import LocalMemoryStore
 from memkv.store import MemoryStore
 from memkv.validation import check_key, check_store, ttl_seconds
 
@@ -82,9 +83,6 @@ _RANGE_OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "$lt": operator.lt,
     "$lte": operator.le,
 }
-#: Where ``aget`` keeps the ``Item`` it built in a document held by the local store
-#: (never in a document that a codec encodes: that store runs inline, no codec).
-_ITEM = "_item"
 _OPERATORS = frozenset({"$eq", "$ne", *_RANGE_OPERATORS})
 #: Keys per scan batch and per get_many of a search.
 _BATCH = 1000
@@ -212,6 +210,8 @@ class MemkvStore(BridgedAdapter, BaseStore):
         self._store = store
         self._bridge = SyncBridge(store, label=repr(self), thread_prefix=_WORKER_THREAD_PREFIX)
         self._get_now = store._get_now if self._bridge.inline else None
+        # The local store holds documents by reference: an Item can be kept beside one.
+        self._keeps_items = isinstance(store, LocalMemoryStore)
         self._refresh_default = True if ttl is None else bool(ttl.get("refresh_on_read", True))
 
     # -- batches ---------------------------------------------------------------------------
@@ -296,24 +296,15 @@ class MemkvStore(BridgedAdapter, BaseStore):
             encoded = None
         if encoded is None:
             encoded = _namespace_prefix(namespace)  # checks and caches it
-        memkv_key = KEY_PREFIX + encoded + "/" + key
+        memkv_key = f"{KEY_PREFIX}{encoded}/{key}"  # one string built, not three
         entry = self._get_now(memkv_key)
         if entry is None:
             return None, memkv_key, None
         document = entry.value
-        item: Item | None = document.get(_ITEM) if type(document) is dict else None
+        item = _kept_item(document, entry)
         if item is None:
             document = _document(entry)
-            item = Item(
-                value=document["value"],
-                key=key,
-                namespace=namespace,
-                created_at=entry.created_at,
-                updated_at=entry.updated_at,
-            )
-            # The local store holds this document by reference until the item is
-            # written again (a new document) or removed: keep the Item beside it.
-            document[_ITEM] = item
+            item = _keep_item(document, entry, namespace, key)
         seconds = document["ttl"] * 60.0 if refresh and "ttl" in document else None
         return item, memkv_key, seconds
 
@@ -578,20 +569,9 @@ class MemkvStore(BridgedAdapter, BaseStore):
             kept = [(None, c) for c in itertools.islice(candidates, start, end)]
         else:
             kept = _rank(query_vector, list(candidates), op.offset, op.limit)
-        inline = self._bridge.inline
         found = []
         for score, (namespace, key, entry, document) in kept:
-            item: Item | None = document.get(_ITEM) if inline else None
-            if item is None:
-                item = Item(
-                    value=document["value"],
-                    key=key,
-                    namespace=namespace,
-                    created_at=entry.created_at,
-                    updated_at=entry.updated_at,
-                )
-                if inline:
-                    document[_ITEM] = item  # as _get_here keeps it
+            item = _kept_item(document, entry) or _keep_item(document, entry, namespace, key)
             found.append(
                 SearchItem(
                     namespace=item.namespace,
@@ -617,7 +597,10 @@ class MemkvStore(BridgedAdapter, BaseStore):
         seen: set[str] = set()
         namespaces: set[tuple[str, ...]] = set()
         async for key in self._store.scan(KEY_PREFIX + literal, _BATCH):
-            encoded = key[len(KEY_PREFIX) : key.index("//", len(KEY_PREFIX)) + 1]
+            end = key.find("//", len(KEY_PREFIX))
+            if end < 0:
+                raise _not_an_item(key)
+            encoded = key[len(KEY_PREFIX) : end + 1]
             if encoded in seen:
                 continue
             seen.add(encoded)
@@ -639,10 +622,11 @@ class MemkvStore(BridgedAdapter, BaseStore):
             if op.value is None:
                 deletes.append(memkv_key)
                 continue
-            document: dict[str, Any] = {
-                "value": dict(op.value),
-                "order": next(order) if entry is None else _document(entry)["order"],
-            }
+            value = dict(op.value)
+            place = next(order) if entry is None else _document(entry)["order"]
+            document: dict[str, Any] = (
+                _Document(value, place) if self._keeps_items else {"value": value, "order": place}
+            )
             if op.ttl is not None:
                 document["ttl"] = op.ttl
             paths = plan.put_paths.get(memkv_key)
@@ -796,11 +780,56 @@ def _in_order(keys: list[str], entries: list[MemoryEntry[Any] | None]) -> Iterat
             yield namespace, memkv_key[cut:], entry, documents[position]
 
 
+class _Document(dict[str, Any]):
+    """A document as ``MemkvStore`` writes it to a ``LocalMemoryStore``, which holds it
+    by reference: a plain dict to every reader, codec and copy (it pickles and copies as
+    a ``dict``), with the ``Item`` a read built from it kept aside, in ``kept``."""
+
+    __slots__ = ("kept",)
+
+    #: ``(the entry's update stamp, the Item)``: one tuple, so that threads replace it
+    #: whole. The Item holds while the entry keeps that stamp (a write through the
+    #: memkv store's own API moves it) and the document that value.
+    kept: tuple[float, Item] | None
+
+    def __init__(self, value: dict[str, Any], order: int) -> None:
+        super().__init__(value=value, order=order)
+        self.kept = None
+
+    def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[dict[str, Any]]]:
+        return dict, (dict(self),)
+
+
+def _kept_item(document: dict[str, Any], entry: MemoryEntry[Any]) -> Item | None:
+    """The ``Item`` kept beside ``document`` (the value of ``entry``), if still true."""
+    kept = document.kept if type(document) is _Document else None
+    if kept is None or kept[0] != entry._updated:
+        return None
+    return kept[1] if kept[1].value is document["value"] else None
+
+
+def _keep_item(
+    document: dict[str, Any], entry: MemoryEntry[Any], namespace: tuple[str, ...], key: str
+) -> Item:
+    """A new ``Item`` of a checked ``document``, kept beside it when it is a ``_Document``."""
+    item = Item(
+        value=document["value"],
+        key=key,
+        namespace=namespace,
+        created_at=entry.created_at,
+        updated_at=entry.updated_at,
+    )
+    if type(document) is _Document:
+        document.kept = (entry._updated, item)
+    return item
+
+
 def _document(entry: MemoryEntry[Any]) -> dict[str, Any]:
     document = entry.value
-    if type(document) is not dict or type(document.get("value")) is not dict:
+    kind = type(document)
+    if (kind is not dict and kind is not _Document) or type(document.get("value")) is not dict:
         raise _not_an_item(entry.key)
-    return document
+    return cast("dict[str, Any]", document)
 
 
 def _not_an_item(memkv_key: str) -> CodecError:
