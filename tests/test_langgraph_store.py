@@ -19,7 +19,14 @@ from typing import Any
 
 import pytest
 from langchain_core.embeddings import DeterministicFakeEmbedding
-from langgraph.store.base import GetOp, IndexConfig, InvalidNamespaceError, PutOp, SearchOp
+from langgraph.store.base import (
+    GetOp,
+    IndexConfig,
+    InvalidNamespaceError,
+    Item,
+    PutOp,
+    SearchOp,
+)
 from langgraph.store.memory import InMemoryStore
 
 from memkv import LocalMemoryStore, MemoryStore, RedisMemoryStore
@@ -86,6 +93,35 @@ async def test_a_read_refreshes_the_ttl_through_touch(harness: StoreHarness) -> 
         assert await store.aget(("t",), "searched", refresh_ttl=False) is not None
         await harness.advance(0.7)
         assert await store.asearch(("t",)) == []
+
+
+async def test_a_batch_refreshes_the_ttl_of_what_its_reads_return(
+    harness: StoreHarness,
+) -> None:
+    async with MemkvStore(harness.store, ttl={"default_ttl": 0.01}) as store:  # 0.6 s
+        for key in ("got", "found", "peeked", "unread"):
+            await store.aput(("t", key), key, {"key": key})
+        await harness.advance(0.4)
+        results = await store.abatch(
+            [
+                GetOp(("t", "got"), "got"),
+                SearchOp(("t",), {"key": "found"}, limit=10),
+                GetOp(("t", "peeked"), "peeked", refresh_ttl=False),
+                SearchOp(("t",), {"key": "peeked"}, refresh_ttl=False),
+                PutOp(("t", "new"), "new", {"key": "new"}),
+            ]
+        )
+        got, found, peeked, searched, written = results
+        assert isinstance(got, Item)
+        assert isinstance(peeked, Item)
+        assert [got.key, peeked.key] == ["got", "peeked"]
+        assert isinstance(found, list)
+        assert isinstance(searched, list)
+        assert [item.key for item in [*found, *searched]] == ["found", "peeked"]
+        assert written is None
+        await harness.advance(0.4)  # 0.8 s after the first writes, 0.4 s after the batch
+        left = {i.key for i in await store.asearch(("t",), limit=10, refresh_ttl=False)}
+        assert left == {"got", "found", "new"}
 
 
 def test_refresh_on_read_false_in_the_config_leaves_the_ttl_alone() -> None:
@@ -475,3 +511,44 @@ def test_a_stray_key_under_the_prefix_is_a_codec_error_for_every_read() -> None:
         with pytest.raises(CodecError):
             store.search(())
         assert store.list_namespaces(prefix=("t",)) == [("t",)]
+
+
+# -- concurrency ---------------------------------------------------------------------------------
+
+
+async def test_threads_and_tasks_share_one_redis_backed_store(redis_url: str) -> None:
+    """Sync calls from several threads and async batches from many tasks, at once, on
+    one adapter (its worker loop runs them all); writers of one key leave one item."""
+    memory: RedisMemoryStore[Any] = RedisMemoryStore(redis_url, namespace=unique_namespace())
+    async with MemkvStore(memory) as store:
+
+        def writer(n: int) -> None:
+            namespace = ("t", f"thread-{n}")
+            for i in range(15):
+                store.put(namespace, f"k{i:02d}", {"n": n, "i": i})
+                store.put(("t", "shared"), "same", {"n": n, "i": i})
+                assert store.get(namespace, f"k{i:02d}").value == {"n": n, "i": i}  # type: ignore[union-attr]
+            found = store.search(namespace, limit=100)
+            assert [item.key for item in found] == [f"k{i:02d}" for i in range(15)]
+
+        async def batch(j: int) -> None:
+            namespace = ("t", "tasks")
+            results = await store.abatch(
+                [PutOp(namespace, f"j{j:02d}", {"j": j}), GetOp(namespace, f"j{j:02d}")]
+            )
+            assert results == [None, None]  # reads see the state before the batch's writes
+            got = await store.aget(namespace, f"j{j:02d}")
+            assert got is not None
+            assert got.value == {"j": j}
+
+        loop = asyncio.get_running_loop()
+        threads = [loop.run_in_executor(None, writer, n) for n in range(4)]
+        await asyncio.gather(*threads, *(batch(j) for j in range(40)))
+        tasks = await store.asearch(("t", "tasks"), limit=100)
+        assert sorted(item.key for item in tasks) == [f"j{j:02d}" for j in range(40)]
+        shared = await store.asearch(("t", "shared"), limit=100)
+        assert [item.key for item in shared] == ["same"]
+        assert shared[0].value["i"] == 14
+        assert await store.alist_namespaces(prefix=("t",)) == sorted(
+            [("t", "shared"), ("t", "tasks"), *[("t", f"thread-{n}") for n in range(4)]]
+        )

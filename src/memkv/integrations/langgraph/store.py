@@ -116,10 +116,13 @@ class MemkvStore(BridgedAdapter, BaseStore):
     built-in codec (the item's value must too: on Redis, a value the codec cannot
     encode raises ``CodecError`` and nothing of the batch is written).
     ``created_at`` and ``updated_at`` are the memkv entry's own (timezone-aware
-    UTC; overwriting keeps ``created_at``, which ``InMemoryStore`` resets). On the
-    local store, values are held by reference, as ``InMemoryStore`` holds them, and
-    ``aget`` returns the same ``Item`` until the item is written again (kept in the
-    document under ``"_item"``): do not mutate an item or its ``value`` in place.
+    UTC; overwriting keeps ``created_at``, which ``InMemoryStore`` resets). On a
+    ``LocalMemoryStore``, values are held by reference, as ``InMemoryStore`` holds
+    them, and reads return the same ``Item`` (``search``: its value and timestamps)
+    until the entry is written again, by this class or through the memkv store's own
+    API: the ``Item`` is kept beside the document (a ``dict`` subclass that every
+    reader, codec and copy sees as the plain document above). Do not mutate an item
+    or its ``value`` in place.
 
     **Order.** ``search`` returns namespaces in sorted order (as ``list_namespaces``
     sorts them) and, within a namespace, items in the order they were first
@@ -127,18 +130,28 @@ class MemkvStore(BridgedAdapter, BaseStore):
     place, a delete then a put moves it to the end. ``order`` records that place, so
     a ``put`` reads the keys it writes first (one ``get_many`` more: on Redis one
     more round trip per batch that writes). ``offset``/``limit`` then slice that
-    order. ``InMemoryStore`` orders namespaces by when a call first touched them
-    (a ``get`` of a missing item included) and lists namespaces that have lost all
-    their items; here a namespace exists while it holds an item.
+    order. That read and the write are not one atomic step: when two writers (two
+    ``MemkvStore`` over one Redis namespace, or concurrent batches) write and delete
+    one key at the same time, the last write wins with either place. A new item's
+    ``order`` is its writer's clock in microseconds (increasing within a process), so
+    the items of several processes are placed by their clocks, equal ones by key.
+    ``InMemoryStore`` orders namespaces by when a call first touched them (a ``get``
+    of a missing item included) and lists namespaces that have lost all their items;
+    here a namespace exists while it holds an item.
 
     **Cost.** ``get`` is one memkv ``get`` (``aget`` on the local store: about a
     microsecond, no coroutine of the store's). ``search`` scans the namespace
     prefix (``O(log n + m)`` on the local store, a ``SCAN`` of the store's keys on
-    Redis) and reads the ``m`` items found: ``O(m)`` plus filtering, and with a
-    ``query`` one embedding call plus ``O(m x dims)`` for the cosine ranking (no
-    vector index: fine for thousands of memories per prefix, not for millions).
-    ``list_namespaces`` scans the keys under the literal part of its prefix
-    condition (every key of the store's ``KEY_PREFIX`` without one).
+    Redis), reads the ``m`` items found (``get_many``, 1,000 keys at a time) and
+    sorts each namespace's items by ``order`` (``O(m log m)``); it then applies the
+    filter (compiled once per search) in that order only until ``offset + limit``
+    items match, and builds only the items it returns. With a ``query``, every item
+    is filtered and ranked: one embedding call plus ``O(m x dims)`` for the cosine
+    ranking (no vector index: fine for thousands of memories per prefix, not for
+    millions). A read that refreshes TTLs adds one ``touch`` per item returned with a
+    TTL (on a store that does not run inline, sent concurrently). ``list_namespaces``
+    scans the keys under the literal part of its prefix condition (every key of the
+    store's ``KEY_PREFIX`` without one).
 
     **Filters** compare like ``InMemoryStore``'s: ``{"field": value}`` is equality
     (a dict value matches nested fields, a list matches element by element),
@@ -178,7 +191,8 @@ class MemkvStore(BridgedAdapter, BaseStore):
     a non-``str`` key (``InvalidKeyError``), a bad TTL (``InvalidTTLError``), a
     negative ``limit``/``offset``, ``max_depth < 1``, a bad filter or option
     (``InvalidArgumentError``/``InvalidArgumentTypeError``), a value that is not a
-    mapping (``InvalidArgumentTypeError``).
+    mapping (``InvalidArgumentTypeError``). A read that meets an entry under
+    ``KEY_PREFIX`` this class did not write raises ``CodecError``.
 
     >>> import asyncio
     >>> from memkv import RedisMemoryStore
@@ -525,8 +539,7 @@ class MemkvStore(BridgedAdapter, BaseStore):
                 results[i] = await self._search(op, plan.filters[i], vector, touches)
             elif isinstance(op, ListNamespacesOp):
                 results[i] = await self._list_namespaces(op)
-        for memkv_key, seconds in touches.items():
-            await store.touch(memkv_key, seconds)
+        await self._touch(touches)
         if plan.puts:
             await self._write(plan)
         return results
@@ -535,9 +548,18 @@ class MemkvStore(BridgedAdapter, BaseStore):
         """A checked search without a query vector, outside a batch (no plan to make)."""
         touches: dict[str, float] = {}
         found = await self._search(op, test, None, touches)
-        for memkv_key, seconds in touches.items():
-            await self._store.touch(memkv_key, seconds)
+        await self._touch(touches)
         return found
+
+    async def _touch(self, touches: dict[str, float]) -> None:
+        """Give each key its TTL (seconds) again: one after the other on a store that
+        runs inline (no wait), else concurrently (on Redis, the round trips overlap)."""
+        store = self._store
+        if self._bridge.inline:
+            for memkv_key, seconds in touches.items():
+                await store.touch(memkv_key, seconds)
+        elif touches:
+            await asyncio.gather(*(store.touch(k, s) for k, s in touches.items()))
 
     async def _search(
         self,
