@@ -191,8 +191,9 @@ class MemkvStore(BridgedAdapter, BaseStore):
     a non-``str`` key (``InvalidKeyError``), a bad TTL (``InvalidTTLError``), a
     negative ``limit``/``offset``, ``max_depth < 1``, a bad filter or option
     (``InvalidArgumentError``/``InvalidArgumentTypeError``), a value that is not a
-    mapping (``InvalidArgumentTypeError``). A read that meets an entry under
-    ``KEY_PREFIX`` this class did not write raises ``CodecError``.
+    mapping (``InvalidArgumentTypeError``). Something else's data under ``KEY_PREFIX``
+    raises ``CodecError`` when a read meets it (a value that is not a document like
+    the above, a key that is not an item's).
 
     >>> import asyncio
     >>> from memkv import RedisMemoryStore
