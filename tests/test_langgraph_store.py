@@ -552,3 +552,22 @@ async def test_threads_and_tasks_share_one_redis_backed_store(redis_url: str) ->
         assert await store.alist_namespaces(prefix=("t",)) == sorted(
             [("t", "shared"), ("t", "tasks"), *[("t", f"thread-{n}") for n in range(4)]]
         )
+
+
+@pytest.mark.parametrize(
+    "foreign", [{"value": {}}, {"value": {}, "order": "1"}, {"value": [], "order": 1}, "text"]
+)
+def test_something_else_at_an_item_key_is_a_codec_error_and_stays(foreign: object) -> None:
+    memory: LocalMemoryStore[Any] = LocalMemoryStore()
+    memkv_key = KEY_PREFIX + "t//x"
+    with MemkvStore(memory) as store:
+        store.put(("t",), "k", {"v": 1})
+        asyncio.run(memory.set(memkv_key, foreign))
+        with pytest.raises(CodecError):
+            store.get(("t",), "x")
+        with pytest.raises(CodecError):
+            store.search(("t",))
+        with pytest.raises(CodecError):
+            store.put(("t",), "x", {"v": 2})
+        assert asyncio.run(memory.get(memkv_key)).value == foreign  # type: ignore[union-attr]
+        assert store.get(("t",), "k") is not None

@@ -850,7 +850,11 @@ def _keep_item(
 def _document(entry: MemoryEntry[Any]) -> dict[str, Any]:
     document = entry.value
     kind = type(document)
-    if (kind is not dict and kind is not _Document) or type(document.get("value")) is not dict:
+    if (
+        (kind is not dict and kind is not _Document)
+        or type(document.get("value")) is not dict
+        or type(document.get("order")) is not int
+    ):
         raise _not_an_item(entry.key)
     return cast("dict[str, Any]", document)
 
