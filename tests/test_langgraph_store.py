@@ -478,6 +478,11 @@ def test_a_document_rewritten_through_the_memkv_store_is_read_afresh(core: str) 
             assert read.value == {"v": 3}
             assert read.updated_at == first.updated_at + timedelta(seconds=5)
             assert read.created_at == first.created_at
+        clock.tick(5)
+        asyncio.run(memory.set_many([(memkv_key, document)]))
+        assert store.get(("t",), "k").updated_at == first.updated_at + timedelta(seconds=10)  # type: ignore[union-attr]
+        asyncio.run(memory.touch(memkv_key, 60))  # a new expiry: the kept Item still holds
+        assert store.get(("t",), "k") is store.get(("t",), "k")
 
 
 def test_the_local_store_holds_only_the_documented_document(core: str) -> None:
@@ -571,3 +576,25 @@ def test_something_else_at_an_item_key_is_a_codec_error_and_stays(foreign: objec
             store.put(("t",), "x", {"v": 2})
         assert asyncio.run(memory.get(memkv_key)).value == foreign  # type: ignore[union-attr]
         assert store.get(("t",), "k") is not None
+
+
+async def test_two_adapters_over_one_redis_namespace_share_items_and_order(
+    redis_url: str,
+) -> None:
+    namespace = unique_namespace()
+    first_memory: RedisMemoryStore[Any] = RedisMemoryStore(redis_url, namespace=namespace)
+    second_memory: RedisMemoryStore[Any] = RedisMemoryStore(redis_url, namespace=namespace)
+    async with MemkvStore(first_memory) as first, MemkvStore(second_memory) as second:
+        await first.aput(("t",), "a", {"v": 1})
+        await second.aput(("t",), "b", {"v": 1})
+        await second.aput(("t",), "a", {"v": 2})  # an overwrite keeps a's place
+        await first.adelete(("t",), "b")
+        await first.aput(("t",), "b", {"v": 3})  # a delete then a put: to the end
+        await first.aput(("t",), "c", {"v": 1})
+        for store in (first, second):
+            found = await store.asearch(("t",))
+            assert [(item.key, item.value["v"]) for item in found] == [
+                ("a", 2),
+                ("b", 3),
+                ("c", 1),
+            ]
