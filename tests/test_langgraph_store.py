@@ -124,6 +124,25 @@ async def test_a_batch_refreshes_the_ttl_of_what_its_reads_return(
         assert left == {"got", "found", "new"}
 
 
+async def test_an_asked_refresh_gives_back_the_items_own_ttl_not_the_default(
+    harness: StoreHarness,
+) -> None:
+    config: Any = {"default_ttl": 0.01, "refresh_on_read": False}  # 0.6 s, never refreshed
+    async with MemkvStore(harness.store, ttl=config) as store:
+        await store.aput(("t",), "default", {"v": 1})
+        await store.aput(("t",), "own", {"v": 2}, ttl=0.02)  # 1.2 s
+        await harness.advance(0.4)
+        assert len(await store.asearch(("t",))) == 2  # refresh_on_read=False: no refresh
+        found = await store.asearch(("t",), filter={"v": 2}, refresh_ttl=True)
+        assert [item.key for item in found] == ["own"]  # 1.2 s again, from 0.4 s
+        await harness.advance(0.4)
+        assert [item.key for item in await store.asearch(("t",))] == ["own"]
+        await harness.advance(0.6)  # 1.4 s: past its first expiry, not its refreshed one
+        assert await store.aget(("t",), "own") is not None
+        await harness.advance(0.4)
+        assert await store.aget(("t",), "own") is None
+
+
 def test_refresh_on_read_false_in_the_config_leaves_the_ttl_alone() -> None:
     clock = FakeClock()
     config = {"default_ttl": 1.0, "refresh_on_read": False}

@@ -587,9 +587,10 @@ class MemkvStore(BridgedAdapter, BaseStore):
         if query_vector is None:
             # Lazily: items past the page are neither filtered nor built.
             # (islice takes at most sys.maxsize; no store holds that many items.)
-            start = min(op.offset, sys.maxsize)
-            end = min(op.offset + op.limit, sys.maxsize)
-            kept = [(None, c) for c in itertools.islice(candidates, start, end)]
+            page = itertools.islice(
+                candidates, min(op.offset, sys.maxsize), min(op.offset + op.limit, sys.maxsize)
+            )
+            kept = [(None, candidate) for candidate in page]
         else:
             kept = _rank(query_vector, list(candidates), op.offset, op.limit)
         found = []
