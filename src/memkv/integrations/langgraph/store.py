@@ -779,9 +779,9 @@ _Candidate = tuple[tuple[str, ...], str, MemoryEntry[Any], dict[str, Any]]
 def _in_order(keys: list[str], entries: list[MemoryEntry[Any] | None]) -> Iterator[_Candidate]:
     """The entries found at ``keys`` (in code-point order): namespaces in sorted order,
     the items of each in the order they were first written (then by key)."""
-    groups: list[tuple[tuple[str, ...], int, list[tuple[str, MemoryEntry[Any]]]]] = []
+    groups: list[tuple[tuple[str, ...], int, list[tuple[int, str, Any, dict[str, Any]]]]] = []
     start = ""
-    members: list[tuple[str, MemoryEntry[Any]]] = []
+    members: list[tuple[int, str, Any, dict[str, Any]]] = []
     for memkv_key, entry in zip(keys, entries, strict=True):
         if entry is None:
             continue
@@ -793,15 +793,14 @@ def _in_order(keys: list[str], entries: list[MemoryEntry[Any] | None]) -> Iterat
             start = memkv_key[:cut]
             members = []
             groups.append((_decode_namespace(start[len(KEY_PREFIX) : cut - 1]), cut, members))
-        members.append((memkv_key, entry))
+        document = _document(entry)
+        members.append((document["order"], memkv_key, entry, document))
     groups.sort(key=operator.itemgetter(0))
     for namespace, cut, members in groups:
-        documents = [_document(entry) for _, entry in members]
-        orders = [document["order"] for document in documents]
         # A stable sort: equal orders (items of two processes) stay in key order.
-        for position in sorted(range(len(members)), key=orders.__getitem__):
-            memkv_key, entry = members[position]
-            yield namespace, memkv_key[cut:], entry, documents[position]
+        members.sort(key=operator.itemgetter(0))
+        for _, memkv_key, entry, document in members:
+            yield namespace, memkv_key[cut:], entry, document
 
 
 class _Document(dict[str, Any]):
@@ -849,7 +848,7 @@ def _keep_item(
 
 
 def _document(entry: MemoryEntry[Any]) -> dict[str, Any]:
-    document = entry.value
+    document: dict[str, Any] = entry.value  # checked here (no cast(): a call per item)
     kind = type(document)
     if (
         (kind is not dict and kind is not _Document)
@@ -857,7 +856,7 @@ def _document(entry: MemoryEntry[Any]) -> dict[str, Any]:
         or type(document.get("order")) is not int
     ):
         raise _not_an_item(entry.key)
-    return cast("dict[str, Any]", document)
+    return document
 
 
 def _not_an_item(memkv_key: str) -> CodecError:
