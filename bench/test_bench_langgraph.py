@@ -1,9 +1,10 @@
-"""Benchmarks of the LangGraph store (issue 13): ``MemkvStore.aget`` of a present item.
+"""Benchmarks of the LangGraph store (issue 13): ``aget`` of a present item, ``asearch``.
 
 The ratio is against LangGraph's own ``InMemoryStore.aget`` of the same items, timed in
 the same run in alternating bursts (``bench/conftest.py``); both stores hold the same
-1,000 items in 10 namespaces, read in the same shuffled order. A search by namespace
-prefix and filter is measured the same way, for reference.
+1,000 items in 10 namespaces, read in the same shuffled order. ``MemkvStore.asearch``
+(namespace prefix, range filter, limit 10) is measured against ``InMemoryStore.asearch``
+the same way.
 
 ``pytest bench/test_bench_langgraph.py -p no:randomly``
 """
@@ -73,10 +74,11 @@ def test_aget_of_a_present_item_vs_in_memory_store(
     memkv_store.close()
 
 
+@pytest.mark.parametrize("core_name", ["cython", "python"])
 def test_search_by_prefix_and_filter_vs_in_memory_store(
-    benchmark: Any, loop: asyncio.AbstractEventLoop
+    benchmark: Any, loop: asyncio.AbstractEventLoop, core_name: str
 ) -> None:
-    memkv_store = filled(MemkvStore(store_on("cython")))
+    memkv_store = filled(MemkvStore(store_on(core_name)))
     reference = filled(InMemoryStore())
     rng = random.Random(14)
     prefixes = [rng.choice(NAMESPACES)[:2] for _ in range(SEARCHES)]
@@ -90,17 +92,20 @@ def test_search_by_prefix_and_filter_vs_in_memory_store(
 
     subject, baseline = paired(searches(memkv_store), searches(reference))
     ratio = baseline / subject
+    goal = core_name == "cython"
     record(
         Figure(
-            "LangGraph `asearch` (prefix of 100 of 1,000 items, range filter, limit 10)",
+            "LangGraph `asearch` (prefix of 100 of 1,000 items, range filter, limit 10), "
+            f"{core_name} core",
             rate(SEARCHES / subject),
             f"{rate(SEARCHES / baseline)} (`InMemoryStore.asearch`)",
             f"{ratio:.2f}x as fast",
-            "reference",
-            None,
+            ">= 1.0x" if goal else "reference",
+            ratio >= 1.0 if goal else None,
         )
     )
     # The floors are per operation on one entry: a search here reads 100 of them.
     assert_floor(SEARCHES * 100, subject)
+    benchmark.extra_info["speed_ratio_vs_in_memory_store"] = ratio
     benchmark.pedantic(searches(memkv_store), rounds=1)
     memkv_store.close()

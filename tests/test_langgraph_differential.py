@@ -5,7 +5,10 @@ LangGraph publishes no conformance suite for stores and tells implementers to te
 against ``InMemoryStore``, so that is the oracle, with two documented differences
 normalised here: ``InMemoryStore`` orders a search's namespaces by when a call first
 touched them (``MemkvStore`` sorts them; within a namespace both keep insertion order),
-and it lists namespaces that only a ``get`` touched or that lost every item.
+and it lists namespaces that only a ``get`` touched or that lost every item. Semantic
+search (``query`` with ``filter``, ``offset``, ``limit``) is compared with an index
+configured on both, on new keys only (``InMemoryStore`` keeps an overwritten item's
+old vectors where ``MemkvStore`` replaces them).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
+from langchain_core.embeddings import DeterministicFakeEmbedding
 from langgraph.store.base import (
     GetOp,
     Item,
@@ -299,3 +303,113 @@ def test_sync_calls_answer_as_in_memory_store_with_no_event_loop_running(
         for ops, as_batch, _ in run.batches():
             run.check(ops, as_batch, call_sync(store, ops, as_batch))
     assert run.compared >= OPS_PER_SEED
+
+
+# -- semantic search: query with filter, offset and limit ---------------------------------------
+
+QUERIES = ["x", "y", "z", "x y", ""]
+SEMANTIC_SEEDS = range(8)
+SEMANTIC_OPS = 150
+
+
+def semantic_op(rng: random.Random, written: list[tuple[tuple[str, ...], str]], step: int) -> Op:
+    """A put of a new key (``InMemoryStore`` keeps an overwritten item's old vectors, a
+    documented difference), a delete of a written one, or a search with a query."""
+    roll = rng.random()
+    if roll < 0.45 or not written:
+        known = [namespace for namespace, _ in written]
+        namespace = rng.choice(known) if known and rng.random() < 0.7 else random_namespace(rng)
+        key = f"{rng.choice(KEYS)}-{step}"
+        written.append((namespace, key))
+        index = rng.choice([None, None, None, False, ["s"], ["tags[*]"]])
+        return PutOp(namespace, key, random_value(rng), index=index)
+    if roll < 0.55:
+        namespace, key = written.pop(rng.randrange(len(written)))
+        return PutOp(namespace, key, None)
+    namespace = rng.choice(written)[0]
+    prefix = () if rng.random() < 0.15 else namespace[: rng.randint(1, len(namespace))]
+    return SearchOp(
+        prefix,
+        random_filter(rng),
+        limit=rng.randint(0, 6),
+        offset=rng.randint(0, 4),
+        query=rng.choice(QUERIES),
+    )
+
+
+def expected_ranking(reference: InMemoryStore, op: SearchOp) -> list[Any]:
+    """``InMemoryStore``'s answer, its ties put in ``MemkvStore``'s order: by namespace,
+    then by first write. (Items with identical texts tie; numpy's cosine may differ in
+    the last bit between identical rows, which orders ``InMemoryStore``'s ties at
+    random.) Unscored items fill the page after the scored ones, as it does."""
+    prune_empty_namespaces(reference)
+    if not op.query:
+        everything = reference.batch([op._replace(limit=10**9, offset=0)])[0]
+        ordered = sorted(everything, key=lambda item: item.namespace)
+        return [(i.namespace, i.key, i.value, None) for i in ordered[op.offset :][: op.limit]]
+    everything = reference.batch([op._replace(limit=10**9, offset=0)])[0]
+
+    def placed(item: Any) -> tuple[Any, ...]:
+        position = list(reference._data[item.namespace]).index(item.key)
+        return (-round(item.score, 9), item.namespace, position)
+
+    scored = sorted((i for i in everything if i.score is not None), key=placed)
+    unscored = sorted((i for i in everything if i.score is None), key=lambda i: i.namespace)
+    kept = scored[op.offset : op.offset + op.limit]
+    if unscored and len(kept) < op.limit:
+        kept += unscored[: op.limit - len(kept)]
+    return [(i.namespace, i.key, i.value, i.score) for i in kept]
+
+
+async def run_semantic_seed(seed: int, memory: MemoryStore[Any]) -> int:
+    """One seed of puts, deletes and searches with a query; returns searches compared."""
+    rng = random.Random(seed)
+    fields = rng.choice([None, ["s"], ["s", "tags[*]"], ["nested.d"], ["$"]])
+    index: Any = {"dims": 8, "embed": DeterministicFakeEmbedding(size=8)}
+    if fields:
+        index["fields"] = fields
+    reference = InMemoryStore(index=index)
+    written: list[tuple[tuple[str, ...], str]] = []
+    compared = 0
+    async with MemkvStore(memory, index=index) as store:
+        for step in range(SEMANTIC_OPS):
+            op = semantic_op(rng, written, step)
+            if isinstance(op, PutOp):
+                try:
+                    reference.batch([op])
+                except ValueError:
+                    # InMemoryStore embeds each distinct text once, then fails a put
+                    # whose fields repeat a text; MemkvStore stores it (not compared).
+                    written.remove((op.namespace, op.key))
+                    continue
+                await store.abatch([op])
+                continue
+            assert isinstance(op, SearchOp)
+            wanted = expected_ranking(reference, op)
+            found = (await store.abatch([op]))[0]
+            answer = [(i.namespace, i.key, i.value, i.score) for i in found]
+            where = f"seed {seed}: {op}"
+            assert [a[:3] for a in answer] == [w[:3] for w in wanted], where
+            for mine, theirs in zip(answer, wanted, strict=True):
+                assert (mine[3] is None) == (theirs[3] is None), where
+                if mine[3] is not None:
+                    assert mine[3] == pytest.approx(theirs[3], abs=1e-9), where
+            compared += 1
+    return compared
+
+
+@pytest.mark.parametrize("kind", [*LOCAL_KINDS, *REDIS_KINDS])
+async def test_semantic_search_answers_as_in_memory_store(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """``query`` with ``filter``, ``offset`` and ``limit``: the same items, in the same
+    order, with the same scores."""
+    compared = 0
+    for seed in SEMANTIC_SEEDS:
+        if kind in LOCAL_KINDS:
+            memory: MemoryStore[Any] = local_store_type(kind.removeprefix("local-"))()
+        else:
+            url = request.getfixturevalue("redis_url" if kind == "redis" else "cluster_url")
+            memory = RedisMemoryStore(url, namespace=unique_namespace())
+        compared += await run_semantic_seed(seed, memory)
+    assert compared >= len(SEMANTIC_SEEDS) * SEMANTIC_OPS // 3

@@ -7,7 +7,9 @@ timestamps, codec errors, namespace errors, closing, and the optional import.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -17,10 +19,18 @@ from typing import Any
 
 import pytest
 from langchain_core.embeddings import DeterministicFakeEmbedding
-from langgraph.store.base import GetOp, IndexConfig, InvalidNamespaceError, PutOp, SearchOp
+from langgraph.store.base import (
+    GetOp,
+    IndexConfig,
+    InvalidNamespaceError,
+    Item,
+    PutOp,
+    SearchOp,
+)
 from langgraph.store.memory import InMemoryStore
 
 from memkv import LocalMemoryStore, MemoryStore, RedisMemoryStore
+from memkv.codecs import encode_value, resolve_codec
 from memkv.errors import (
     CodecError,
     InvalidArgumentError,
@@ -83,6 +93,54 @@ async def test_a_read_refreshes_the_ttl_through_touch(harness: StoreHarness) -> 
         assert await store.aget(("t",), "searched", refresh_ttl=False) is not None
         await harness.advance(0.7)
         assert await store.asearch(("t",)) == []
+
+
+async def test_a_batch_refreshes_the_ttl_of_what_its_reads_return(
+    harness: StoreHarness,
+) -> None:
+    async with MemkvStore(harness.store, ttl={"default_ttl": 0.01}) as store:  # 0.6 s
+        for key in ("got", "found", "peeked", "unread"):
+            await store.aput(("t", key), key, {"key": key})
+        await harness.advance(0.4)
+        results = await store.abatch(
+            [
+                GetOp(("t", "got"), "got"),
+                SearchOp(("t",), {"key": "found"}, limit=10),
+                GetOp(("t", "peeked"), "peeked", refresh_ttl=False),
+                SearchOp(("t",), {"key": "peeked"}, refresh_ttl=False),
+                PutOp(("t", "new"), "new", {"key": "new"}),
+            ]
+        )
+        got, found, peeked, searched, written = results
+        assert isinstance(got, Item)
+        assert isinstance(peeked, Item)
+        assert [got.key, peeked.key] == ["got", "peeked"]
+        assert isinstance(found, list)
+        assert isinstance(searched, list)
+        assert [item.key for item in [*found, *searched]] == ["found", "peeked"]
+        assert written is None
+        await harness.advance(0.4)  # 0.8 s after the first writes, 0.4 s after the batch
+        left = {i.key for i in await store.asearch(("t",), limit=10, refresh_ttl=False)}
+        assert left == {"got", "found", "new"}
+
+
+async def test_an_asked_refresh_gives_back_the_items_own_ttl_not_the_default(
+    harness: StoreHarness,
+) -> None:
+    config: Any = {"default_ttl": 0.01, "refresh_on_read": False}  # 0.6 s, never refreshed
+    async with MemkvStore(harness.store, ttl=config) as store:
+        await store.aput(("t",), "default", {"v": 1})
+        await store.aput(("t",), "own", {"v": 2}, ttl=0.02)  # 1.2 s
+        await harness.advance(0.4)
+        assert len(await store.asearch(("t",))) == 2  # refresh_on_read=False: no refresh
+        found = await store.asearch(("t",), filter={"v": 2}, refresh_ttl=True)
+        assert [item.key for item in found] == ["own"]  # 1.2 s again, from 0.4 s
+        await harness.advance(0.4)
+        assert [item.key for item in await store.asearch(("t",))] == ["own"]
+        await harness.advance(0.6)  # 1.4 s: past its first expiry, not its refreshed one
+        assert await store.aget(("t",), "own") is not None
+        await harness.advance(0.4)
+        assert await store.aget(("t",), "own") is None
 
 
 def test_refresh_on_read_false_in_the_config_leaves_the_ttl_alone() -> None:
@@ -409,3 +467,153 @@ def test_timestamps_are_timezone_aware_utc() -> None:
         assert item is not None
         assert item.created_at.utcoffset() == timedelta(0)
         assert abs(datetime.now(timezone.utc) - item.created_at) < timedelta(minutes=1)
+
+
+# -- the Item kept beside a local document -----------------------------------------------------
+
+
+def test_a_document_rewritten_through_the_memkv_store_is_read_afresh(core: str) -> None:
+    """The kept ``Item`` never outlives its entry: a read-modify-write of the same
+    document object through the memkv store's own API is seen by the next read."""
+    clock = FakeClock()
+    memory: LocalMemoryStore[Any] = local_store_type(core)(clock=clock)
+    memkv_key = KEY_PREFIX + "t//k"
+    with MemkvStore(memory) as store:
+        store.put(("t",), "k", {"v": 1})
+        first = store.get(("t",), "k")
+        assert first is not None
+        assert store.search(("t",))[0].value == {"v": 1}
+        entry = asyncio.run(memory.get(memkv_key))
+        assert entry is not None
+        document = entry.value
+        document["value"] = {"v": 2}  # the value replaced in the held document
+        assert store.get(("t",), "k").value == {"v": 2}  # type: ignore[union-attr]
+        assert store.search(("t",))[0].value == {"v": 2}
+        clock.tick(5)
+        document["value"]["v"] = 3
+        asyncio.run(memory.set(memkv_key, document))  # written back, same object
+        for read in (store.get(("t",), "k"), store.search(("t",))[0]):
+            assert read is not None
+            assert read.value == {"v": 3}
+            assert read.updated_at == first.updated_at + timedelta(seconds=5)
+            assert read.created_at == first.created_at
+        clock.tick(5)
+        asyncio.run(memory.set_many([(memkv_key, document)]))
+        assert store.get(("t",), "k").updated_at == first.updated_at + timedelta(seconds=10)  # type: ignore[union-attr]
+        asyncio.run(memory.touch(memkv_key, 60))  # a new expiry: the kept Item still holds
+        assert store.get(("t",), "k") is store.get(("t",), "k")
+
+
+def test_the_local_store_holds_only_the_documented_document(core: str) -> None:
+    """What a reader of the memkv store sees (and a codec encodes) is the document the
+    class docstring describes, however often the item was read."""
+    with MemkvStore(local_store_type(core)()) as store:
+        store.put(("t",), "k", {"v": 1}, ttl=5)
+        assert store.get(("t",), "k") is not None
+        assert store.search(("t",))[0].key == "k"
+        entry = asyncio.run(store._store.get(KEY_PREFIX + "t//k"))
+        assert entry is not None
+        document = entry.value
+        assert isinstance(document, dict)
+        assert sorted(document) == ["order", "ttl", "value"]
+        assert document == {"value": {"v": 1}, "order": document["order"], "ttl": 5}
+        for codec in ("json", "msgpack", "pickle"):
+            chosen = resolve_codec(codec)
+            assert chosen.decode(encode_value(chosen, document)) == document
+        copied = pickle.loads(pickle.dumps(document))
+        assert type(copied) is dict
+        assert "Item" not in repr(document)
+
+
+def test_a_stray_key_under_the_prefix_is_a_codec_error_for_every_read() -> None:
+    memory: LocalMemoryStore[Any] = LocalMemoryStore()
+    with MemkvStore(memory) as store:
+        store.put(("t",), "k", {"v": 1})
+        asyncio.run(memory.set(KEY_PREFIX + "stray", {"value": {}, "order": 1}))
+        with pytest.raises(CodecError):
+            store.list_namespaces()
+        with pytest.raises(CodecError):
+            store.search(())
+        assert store.list_namespaces(prefix=("t",)) == [("t",)]
+
+
+# -- concurrency ---------------------------------------------------------------------------------
+
+
+async def test_threads_and_tasks_share_one_redis_backed_store(redis_url: str) -> None:
+    """Sync calls from several threads and async batches from many tasks, at once, on
+    one adapter (its worker loop runs them all); writers of one key leave one item."""
+    memory: RedisMemoryStore[Any] = RedisMemoryStore(redis_url, namespace=unique_namespace())
+    async with MemkvStore(memory) as store:
+
+        def writer(n: int) -> None:
+            namespace = ("t", f"thread-{n}")
+            for i in range(15):
+                store.put(namespace, f"k{i:02d}", {"n": n, "i": i})
+                store.put(("t", "shared"), "same", {"n": n, "i": i})
+                assert store.get(namespace, f"k{i:02d}").value == {"n": n, "i": i}  # type: ignore[union-attr]
+            found = store.search(namespace, limit=100)
+            assert [item.key for item in found] == [f"k{i:02d}" for i in range(15)]
+
+        async def batch(j: int) -> None:
+            namespace = ("t", "tasks")
+            results = await store.abatch(
+                [PutOp(namespace, f"j{j:02d}", {"j": j}), GetOp(namespace, f"j{j:02d}")]
+            )
+            assert results == [None, None]  # reads see the state before the batch's writes
+            got = await store.aget(namespace, f"j{j:02d}")
+            assert got is not None
+            assert got.value == {"j": j}
+
+        loop = asyncio.get_running_loop()
+        threads = [loop.run_in_executor(None, writer, n) for n in range(4)]
+        await asyncio.gather(*threads, *(batch(j) for j in range(40)))
+        tasks = await store.asearch(("t", "tasks"), limit=100)
+        assert sorted(item.key for item in tasks) == [f"j{j:02d}" for j in range(40)]
+        shared = await store.asearch(("t", "shared"), limit=100)
+        assert [item.key for item in shared] == ["same"]
+        assert shared[0].value["i"] == 14
+        assert await store.alist_namespaces(prefix=("t",)) == sorted(
+            [("t", "shared"), ("t", "tasks"), *[("t", f"thread-{n}") for n in range(4)]]
+        )
+
+
+@pytest.mark.parametrize(
+    "foreign", [{"value": {}}, {"value": {}, "order": "1"}, {"value": [], "order": 1}, "text"]
+)
+def test_something_else_at_an_item_key_is_a_codec_error_and_stays(foreign: object) -> None:
+    memory: LocalMemoryStore[Any] = LocalMemoryStore()
+    memkv_key = KEY_PREFIX + "t//x"
+    with MemkvStore(memory) as store:
+        store.put(("t",), "k", {"v": 1})
+        asyncio.run(memory.set(memkv_key, foreign))
+        with pytest.raises(CodecError):
+            store.get(("t",), "x")
+        with pytest.raises(CodecError):
+            store.search(("t",))
+        with pytest.raises(CodecError):
+            store.put(("t",), "x", {"v": 2})
+        assert asyncio.run(memory.get(memkv_key)).value == foreign  # type: ignore[union-attr]
+        assert store.get(("t",), "k") is not None
+
+
+async def test_two_adapters_over_one_redis_namespace_share_items_and_order(
+    redis_url: str,
+) -> None:
+    namespace = unique_namespace()
+    first_memory: RedisMemoryStore[Any] = RedisMemoryStore(redis_url, namespace=namespace)
+    second_memory: RedisMemoryStore[Any] = RedisMemoryStore(redis_url, namespace=namespace)
+    async with MemkvStore(first_memory) as first, MemkvStore(second_memory) as second:
+        await first.aput(("t",), "a", {"v": 1})
+        await second.aput(("t",), "b", {"v": 1})
+        await second.aput(("t",), "a", {"v": 2})  # an overwrite keeps a's place
+        await first.adelete(("t",), "b")
+        await first.aput(("t",), "b", {"v": 3})  # a delete then a put: to the end
+        await first.aput(("t",), "c", {"v": 1})
+        for store in (first, second):
+            found = await store.asearch(("t",))
+            assert [(item.key, item.value["v"]) for item in found] == [
+                ("a", 2),
+                ("b", 3),
+                ("c", 1),
+            ]

@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import math
 import operator
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -60,6 +61,7 @@ from memkv.errors import (
     InvalidKeyError,
 )
 from memkv.integrations._sync_bridge import BridgedAdapter, SyncBridge
+from memkv.local import LocalMemoryStore
 from memkv.store import MemoryStore
 from memkv.validation import check_key, check_store, ttl_seconds
 
@@ -81,10 +83,9 @@ _RANGE_OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "$lt": operator.lt,
     "$lte": operator.le,
 }
-#: Where ``aget`` keeps the ``Item`` it built in a document held by the local store
-#: (never in a document that a codec encodes: that store runs inline, no codec).
-_ITEM = "_item"
 _OPERATORS = frozenset({"$eq", "$ne", *_RANGE_OPERATORS})
+#: Keys per scan batch and per get_many of a search.
+_BATCH = 1000
 
 
 class MemkvStore(BridgedAdapter, BaseStore):
@@ -115,10 +116,13 @@ class MemkvStore(BridgedAdapter, BaseStore):
     built-in codec (the item's value must too: on Redis, a value the codec cannot
     encode raises ``CodecError`` and nothing of the batch is written).
     ``created_at`` and ``updated_at`` are the memkv entry's own (timezone-aware
-    UTC; overwriting keeps ``created_at``, which ``InMemoryStore`` resets). On the
-    local store, values are held by reference, as ``InMemoryStore`` holds them, and
-    ``aget`` returns the same ``Item`` until the item is written again (kept in the
-    document under ``"_item"``): do not mutate an item or its ``value`` in place.
+    UTC; overwriting keeps ``created_at``, which ``InMemoryStore`` resets). On a
+    ``LocalMemoryStore``, values are held by reference, as ``InMemoryStore`` holds
+    them, and reads return the same ``Item`` (``search``: its value and timestamps)
+    until the entry is written again, by this class or through the memkv store's own
+    API: the ``Item`` is kept beside the document (a ``dict`` subclass that every
+    reader, codec and copy sees as the plain document above). Do not mutate an item
+    or its ``value`` in place.
 
     **Order.** ``search`` returns namespaces in sorted order (as ``list_namespaces``
     sorts them) and, within a namespace, items in the order they were first
@@ -126,18 +130,28 @@ class MemkvStore(BridgedAdapter, BaseStore):
     place, a delete then a put moves it to the end. ``order`` records that place, so
     a ``put`` reads the keys it writes first (one ``get_many`` more: on Redis one
     more round trip per batch that writes). ``offset``/``limit`` then slice that
-    order. ``InMemoryStore`` orders namespaces by when a call first touched them
-    (a ``get`` of a missing item included) and lists namespaces that have lost all
-    their items; here a namespace exists while it holds an item.
+    order. That read and the write are not one atomic step: when two writers (two
+    ``MemkvStore`` over one Redis namespace, or concurrent batches) write and delete
+    one key at the same time, the last write wins with either place. A new item's
+    ``order`` is its writer's clock in microseconds (increasing within a process), so
+    the items of several processes are placed by their clocks, equal ones by key.
+    ``InMemoryStore`` orders namespaces by when a call first touched them (a ``get``
+    of a missing item included) and lists namespaces that have lost all their items;
+    here a namespace exists while it holds an item.
 
     **Cost.** ``get`` is one memkv ``get`` (``aget`` on the local store: about a
     microsecond, no coroutine of the store's). ``search`` scans the namespace
     prefix (``O(log n + m)`` on the local store, a ``SCAN`` of the store's keys on
-    Redis) and reads the ``m`` items found: ``O(m)`` plus filtering, and with a
-    ``query`` one embedding call plus ``O(m x dims)`` for the cosine ranking (no
-    vector index: fine for thousands of memories per prefix, not for millions).
-    ``list_namespaces`` scans the keys under the literal part of its prefix
-    condition (every key of the store's ``KEY_PREFIX`` without one).
+    Redis), reads the ``m`` items found (``get_many``, 1,000 keys at a time) and
+    sorts each namespace's items by ``order`` (``O(m log m)``); it then applies the
+    filter (compiled once per search) in that order only until ``offset + limit``
+    items match, and builds only the items it returns. With a ``query``, every item
+    is filtered and ranked: one embedding call plus ``O(m x dims)`` for the cosine
+    ranking (no vector index: fine for thousands of memories per prefix, not for
+    millions). A read that refreshes TTLs adds one ``touch`` per item returned with a
+    TTL (on a store that does not run inline, sent concurrently). ``list_namespaces``
+    scans the keys under the literal part of its prefix condition (every key of the
+    store's ``KEY_PREFIX`` without one).
 
     **Filters** compare like ``InMemoryStore``'s: ``{"field": value}`` is equality
     (a dict value matches nested fields, a list matches element by element),
@@ -177,7 +191,9 @@ class MemkvStore(BridgedAdapter, BaseStore):
     a non-``str`` key (``InvalidKeyError``), a bad TTL (``InvalidTTLError``), a
     negative ``limit``/``offset``, ``max_depth < 1``, a bad filter or option
     (``InvalidArgumentError``/``InvalidArgumentTypeError``), a value that is not a
-    mapping (``InvalidArgumentTypeError``).
+    mapping (``InvalidArgumentTypeError``). Something else's data under ``KEY_PREFIX``
+    raises ``CodecError`` when a read meets it (a value that is not a document like
+    the above, a key that is not an item's).
 
     >>> import asyncio
     >>> from memkv import RedisMemoryStore
@@ -209,6 +225,8 @@ class MemkvStore(BridgedAdapter, BaseStore):
         self._store = store
         self._bridge = SyncBridge(store, label=repr(self), thread_prefix=_WORKER_THREAD_PREFIX)
         self._get_now = store._get_now if self._bridge.inline else None
+        # The local store holds documents by reference: an Item can be kept beside one.
+        self._keeps_items = isinstance(store, LocalMemoryStore)
         self._refresh_default = True if ttl is None else bool(ttl.get("refresh_on_read", True))
 
     # -- batches ---------------------------------------------------------------------------
@@ -252,8 +270,10 @@ class MemkvStore(BridgedAdapter, BaseStore):
 
         On the local store, a present item costs one core lookup (see ``aget``).
         """
-        key = _key_text(key)
-        refresh = self._refresh(refresh_ttl)
+        # The checks inline (each call saved counts at a microsecond per get).
+        if type(key) is not str:
+            key = _key_text(key)
+        refresh = self._refresh_default if refresh_ttl is None else self._refresh(refresh_ttl)
         if self._get_now is None or self._bridge.closed:
             # Not inline (or closed: batch raises StoreClosedError): the full path.
             return cast("Item | None", self.batch([GetOp(namespace, key, refresh)])[0])
@@ -268,8 +288,10 @@ class MemkvStore(BridgedAdapter, BaseStore):
         """Async ``get``. On the local store, a present item costs one core lookup, and
         reads of an item return the same ``Item`` until it is written again (as
         ``InMemoryStore`` returns its own)."""
-        key = _key_text(key)
-        refresh = self._refresh(refresh_ttl)
+        # The checks inline (each call saved counts at a microsecond per get).
+        if type(key) is not str:
+            key = _key_text(key)
+        refresh = self._refresh_default if refresh_ttl is None else self._refresh(refresh_ttl)
         if self._get_now is None or self._bridge.closed:
             return cast("Item | None", (await self.abatch([GetOp(namespace, key, refresh)]))[0])
         item, memkv_key, seconds = self._get_here(namespace, key, refresh)
@@ -283,24 +305,21 @@ class MemkvStore(BridgedAdapter, BaseStore):
         """A get on a store that runs inline: the item, its memkv key and the TTL
         (seconds) to give it again, if the read refreshes it."""
         assert self._get_now is not None
-        memkv_key = _item_key(namespace, key)
+        try:
+            encoded = _ENCODED[namespace] if type(namespace) is tuple else None
+        except (KeyError, TypeError):  # not yet encoded, or an unhashable label
+            encoded = None
+        if encoded is None:
+            encoded = _namespace_prefix(namespace)  # checks and caches it
+        memkv_key = f"{KEY_PREFIX}{encoded}/{key}"  # one string built, not three
         entry = self._get_now(memkv_key)
         if entry is None:
             return None, memkv_key, None
         document = entry.value
-        item: Item | None = document.get(_ITEM) if type(document) is dict else None
+        item = _kept_item(document, entry)
         if item is None:
             document = _document(entry)
-            item = Item(
-                value=document["value"],
-                key=key,
-                namespace=namespace,
-                created_at=entry.created_at,
-                updated_at=entry.updated_at,
-            )
-            # The local store holds this document by reference until the item is
-            # written again (a new document) or removed: keep the Item beside it.
-            document[_ITEM] = item
+            item = _keep_item(document, entry, namespace, key)
         seconds = document["ttl"] * 60.0 if refresh and "ttl" in document else None
         return item, memkv_key, seconds
 
@@ -317,7 +336,9 @@ class MemkvStore(BridgedAdapter, BaseStore):
     ) -> list[SearchItem]:
         """Items under ``namespace_prefix`` matching ``filter``, ranked by ``query``."""
         op = SearchOp(namespace_prefix, filter, limit, offset, query, self._refresh(refresh_ttl))
-        return cast("list[SearchItem]", self.batch([op])[0])
+        if query and self.embeddings is not None:
+            return cast("list[SearchItem]", self.batch([op])[0])
+        return self._bridge.call(self._search_alone(op, _check_search(op)))
 
     async def asearch(
         self,
@@ -332,7 +353,9 @@ class MemkvStore(BridgedAdapter, BaseStore):
     ) -> list[SearchItem]:
         """Async ``search``."""
         op = SearchOp(namespace_prefix, filter, limit, offset, query, self._refresh(refresh_ttl))
-        return cast("list[SearchItem]", (await self.abatch([op]))[0])
+        if query and self.embeddings is not None:
+            return cast("list[SearchItem]", (await self.abatch([op]))[0])
+        return await self._bridge.run(self._search_alone(op, _check_search(op)))
 
     def put(
         self,
@@ -441,20 +464,12 @@ class MemkvStore(BridgedAdapter, BaseStore):
                 f"ops must be an iterable of LangGraph ops, not {type(ops).__name__}"
             )
         plan = _Plan(list(ops))
-        for op in plan.ops:
+        for i, op in enumerate(plan.ops):
             if isinstance(op, GetOp):
                 _item_key(op.namespace, op.key)
                 _check_bool(op.refresh_ttl, "refresh_ttl")
             elif isinstance(op, SearchOp):
-                _namespace_prefix(op.namespace_prefix)
-                _check_filter(op.filter)
-                _check_count(op.limit, "limit")
-                _check_count(op.offset, "offset")
-                _check_bool(op.refresh_ttl, "refresh_ttl")
-                if op.query is not None and not isinstance(op.query, str):
-                    raise InvalidArgumentTypeError(
-                        f"query must be a str or None, not {type(op.query).__name__}"
-                    )
+                plan.filters[i] = _check_search(op)
                 if op.query and self.embeddings is not None and op.query not in plan.queries:
                     plan.queries.append(op.query)
             elif isinstance(op, ListNamespacesOp):
@@ -521,54 +536,73 @@ class MemkvStore(BridgedAdapter, BaseStore):
                     touches[entry.key] = document["ttl"] * 60.0
         for i, op in enumerate(plan.ops):
             if isinstance(op, SearchOp):
-                results[i] = await self._search(op, plan, touches)
+                vector = plan.query_vectors.get(op.query) if op.query else None
+                results[i] = await self._search(op, plan.filters[i], vector, touches)
             elif isinstance(op, ListNamespacesOp):
                 results[i] = await self._list_namespaces(op)
-        for memkv_key, seconds in touches.items():
-            await store.touch(memkv_key, seconds)
+        await self._touch(touches)
         if plan.puts:
             await self._write(plan)
         return results
 
+    async def _search_alone(self, op: SearchOp, test: _Test | None) -> list[SearchItem]:
+        """A checked search without a query vector, outside a batch (no plan to make)."""
+        touches: dict[str, float] = {}
+        found = await self._search(op, test, None, touches)
+        await self._touch(touches)
+        return found
+
+    async def _touch(self, touches: dict[str, float]) -> None:
+        """Give each key its TTL (seconds) again: one after the other on a store that
+        runs inline (no wait), else concurrently (on Redis, the round trips overlap)."""
+        store = self._store
+        if self._bridge.inline:
+            for memkv_key, seconds in touches.items():
+                await store.touch(memkv_key, seconds)
+        elif touches:
+            await asyncio.gather(*(store.touch(k, s) for k, s in touches.items()))
+
     async def _search(
-        self, op: SearchOp, plan: _Plan, touches: dict[str, float]
+        self,
+        op: SearchOp,
+        test: _Test | None,
+        query_vector: list[float] | None,
+        touches: dict[str, float],
     ) -> list[SearchItem]:
+        """Run a checked search; adds the keys whose TTL the read refreshes to ``touches``."""
+        if op.limit == 0:
+            return []
+        store = self._store
         prefix = KEY_PREFIX + _namespace_prefix(op.namespace_prefix)
-        keys = [key async for key in self._store.scan(prefix, 1000)]
-        candidates: list[tuple[tuple[str, ...], int, str, MemoryEntry[Any], dict[str, Any]]] = []
-        namespaces: dict[str, tuple[str, ...]] = {}  # decoded once per search
-        for start in range(0, len(keys), 1000):
-            chunk = await self._store.get_many(keys[start : start + 1000])
-            for entry in chunk:
-                if entry is None:
-                    continue
-                document = _document(entry)
-                if op.filter and not _matches(document["value"], op.filter):
-                    continue
-                memkv_key = entry.key
-                end = memkv_key.index("//", len(KEY_PREFIX))
-                encoded = memkv_key[len(KEY_PREFIX) : end + 1]
-                namespace = namespaces.get(encoded)
-                if namespace is None:
-                    namespace = namespaces[encoded] = _decode_namespace(encoded)
-                key = memkv_key[end + 2 :]
-                candidates.append((namespace, document["order"], key, entry, document))
-        candidates.sort(key=operator.itemgetter(0, 1, 2))
-        query_vector = plan.query_vectors.get(op.query) if op.query else None
-        kept: list[tuple[float | None, Any]]
+        keys = [key async for key in store.scan(prefix, _BATCH)]
+        # Code-point order (the local store's already): each namespace's keys in one run.
+        keys.sort()
+        entries: list[MemoryEntry[Any] | None] = []
+        for start in range(0, len(keys), _BATCH):
+            entries += await store.get_many(keys[start : start + _BATCH])
+        candidates: Iterator[_Candidate] = _in_order(keys, entries)
+        if test is not None:
+            candidates = (c for c in candidates if test(c[3]["value"]))
+        kept: list[tuple[float | None, _Candidate]]
         if query_vector is None:
-            kept = [(None, c) for c in candidates[op.offset : op.offset + op.limit]]
+            # Lazily: items past the page are neither filtered nor built.
+            # (islice takes at most sys.maxsize; no store holds that many items.)
+            page = itertools.islice(
+                candidates, min(op.offset, sys.maxsize), min(op.offset + op.limit, sys.maxsize)
+            )
+            kept = [(None, candidate) for candidate in page]
         else:
-            kept = _rank(query_vector, candidates, op.offset, op.limit)
+            kept = _rank(query_vector, list(candidates), op.offset, op.limit)
         found = []
-        for score, (namespace, _, key, entry, document) in kept:
+        for score, (namespace, key, entry, document) in kept:
+            item = _kept_item(document, entry) or _keep_item(document, entry, namespace, key)
             found.append(
                 SearchItem(
-                    namespace=namespace,
+                    namespace=item.namespace,
                     key=key,
-                    value=document["value"],
-                    created_at=entry.created_at,
-                    updated_at=entry.updated_at,
+                    value=item.value,
+                    created_at=item.created_at,
+                    updated_at=item.updated_at,
                     score=score,
                 )
             )
@@ -586,8 +620,11 @@ class MemkvStore(BridgedAdapter, BaseStore):
                 break
         seen: set[str] = set()
         namespaces: set[tuple[str, ...]] = set()
-        async for key in self._store.scan(KEY_PREFIX + literal, 1000):
-            encoded = key[len(KEY_PREFIX) : key.index("//", len(KEY_PREFIX)) + 1]
+        async for key in self._store.scan(KEY_PREFIX + literal, _BATCH):
+            end = key.find("//", len(KEY_PREFIX))
+            if end < 0:
+                raise _not_an_item(key)
+            encoded = key[len(KEY_PREFIX) : end + 1]
             if encoded in seen:
                 continue
             seen.add(encoded)
@@ -609,10 +646,11 @@ class MemkvStore(BridgedAdapter, BaseStore):
             if op.value is None:
                 deletes.append(memkv_key)
                 continue
-            document: dict[str, Any] = {
-                "value": dict(op.value),
-                "order": next(order) if entry is None else _document(entry)["order"],
-            }
+            value = dict(op.value)
+            place = next(order) if entry is None else _document(entry)["order"]
+            document: dict[str, Any] = (
+                _Document(value, place) if self._keeps_items else {"value": value, "order": place}
+            )
             if op.ttl is not None:
                 document["ttl"] = op.ttl
             paths = plan.put_paths.get(memkv_key)
@@ -638,12 +676,23 @@ class MemkvStore(BridgedAdapter, BaseStore):
 
 
 class _Plan:
-    """A checked batch: its ops, the puts by memkv key, and what to embed."""
+    """A checked batch: its ops, the searches' filters, the puts by memkv key, and what
+    to embed."""
 
-    __slots__ = ("ops", "put_paths", "puts", "queries", "query_vectors", "text_vectors")
+    __slots__ = (
+        "filters",
+        "ops",
+        "put_paths",
+        "puts",
+        "queries",
+        "query_vectors",
+        "text_vectors",
+    )
 
     def __init__(self, ops: list[Any]) -> None:
         self.ops = ops
+        #: The compiled filter of each search, by its position in ``ops``.
+        self.filters: dict[int, _Test | None] = {}
         self.puts: dict[str, PutOp] = {}
         self.put_paths: dict[str, list[tuple[str, str]]] = {}
         self.queries: list[str] = []
@@ -723,14 +772,98 @@ def _decode_namespace(encoded: str) -> tuple[str, ...]:
     return tuple(unquote(label) if "%" in label else label for label in encoded[:-1].split("/"))
 
 
+#: A search result to be: its namespace, key, entry and document.
+_Candidate = tuple[tuple[str, ...], str, MemoryEntry[Any], dict[str, Any]]
+
+
+def _in_order(keys: list[str], entries: list[MemoryEntry[Any] | None]) -> Iterator[_Candidate]:
+    """The entries found at ``keys`` (in code-point order): namespaces in sorted order,
+    the items of each in the order they were first written (then by key)."""
+    groups: list[tuple[tuple[str, ...], int, list[tuple[int, str, Any, dict[str, Any]]]]] = []
+    start = ""
+    members: list[tuple[int, str, Any, dict[str, Any]]] = []
+    for memkv_key, entry in zip(keys, entries, strict=True):
+        if entry is None:
+            continue
+        # A namespace's keys share its start, so they come in one run.
+        if not start or not memkv_key.startswith(start):
+            cut = memkv_key.find("//", len(KEY_PREFIX)) + 2
+            if cut == 1:
+                raise _not_an_item(memkv_key)
+            start = memkv_key[:cut]
+            members = []
+            groups.append((_decode_namespace(start[len(KEY_PREFIX) : cut - 1]), cut, members))
+        document = _document(entry)
+        members.append((document["order"], memkv_key, entry, document))
+    groups.sort(key=operator.itemgetter(0))
+    for namespace, cut, members in groups:
+        # A stable sort: equal orders (items of two processes) stay in key order.
+        members.sort(key=operator.itemgetter(0))
+        for _, memkv_key, entry, document in members:
+            yield namespace, memkv_key[cut:], entry, document
+
+
+class _Document(dict[str, Any]):
+    """A document as ``MemkvStore`` writes it to a ``LocalMemoryStore``, which holds it
+    by reference: a plain dict to every reader, codec and copy (it pickles and copies as
+    a ``dict``), with the ``Item`` a read built from it kept aside, in ``kept``."""
+
+    __slots__ = ("kept",)
+
+    #: ``(the entry's update stamp, the Item)``: one tuple, so that threads replace it
+    #: whole. The Item holds while the entry keeps that stamp (a write through the
+    #: memkv store's own API moves it) and the document that value.
+    kept: tuple[float, Item] | None
+
+    def __init__(self, value: dict[str, Any], order: int) -> None:
+        super().__init__(value=value, order=order)
+        self.kept = None
+
+    def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[dict[str, Any]]]:
+        return dict, (dict(self),)
+
+
+def _kept_item(document: dict[str, Any], entry: MemoryEntry[Any]) -> Item | None:
+    """The ``Item`` kept beside ``document`` (the value of ``entry``), if still true."""
+    kept = document.kept if type(document) is _Document else None
+    if kept is None or kept[0] != entry._updated:
+        return None
+    return kept[1] if kept[1].value is document["value"] else None
+
+
+def _keep_item(
+    document: dict[str, Any], entry: MemoryEntry[Any], namespace: tuple[str, ...], key: str
+) -> Item:
+    """A new ``Item`` of a checked ``document``, kept beside it when it is a ``_Document``."""
+    item = Item(
+        value=document["value"],
+        key=key,
+        namespace=namespace,
+        created_at=entry.created_at,
+        updated_at=entry.updated_at,
+    )
+    if type(document) is _Document:
+        document.kept = (entry._updated, item)
+    return item
+
+
 def _document(entry: MemoryEntry[Any]) -> dict[str, Any]:
-    document = entry.value
-    if type(document) is not dict or type(document.get("value")) is not dict:
-        raise CodecError(
-            f"the entry at {entry.key!r} is not a MemkvStore item (written by something "
-            f"else under {KEY_PREFIX!r}?)"
-        )
+    document: dict[str, Any] = entry.value  # checked here (no cast(): a call per item)
+    kind = type(document)
+    if (
+        (kind is not dict and kind is not _Document)
+        or type(document.get("value")) is not dict
+        or type(document.get("order")) is not int
+    ):
+        raise _not_an_item(entry.key)
     return document
+
+
+def _not_an_item(memkv_key: str) -> CodecError:
+    return CodecError(
+        f"the entry at {memkv_key!r} is not a MemkvStore item (written by something "
+        f"else under {KEY_PREFIX!r}?)"
+    )
 
 
 _order_lock = threading.Lock()
@@ -872,41 +1005,6 @@ def _check_index_config(
     return config, embeddings, tokenized
 
 
-def _check_filter(filter: object) -> None:
-    if filter is None:
-        return
-    if not isinstance(filter, dict):
-        raise InvalidArgumentTypeError(
-            f"filter must be a dict or None, not {type(filter).__name__}"
-        )
-    for field, expected in filter.items():
-        if not isinstance(field, str):
-            raise InvalidArgumentTypeError(
-                f"filter fields must be str, not {type(field).__name__}"
-            )
-        _check_condition(expected)
-
-
-def _check_condition(expected: object) -> None:
-    if isinstance(expected, dict):
-        if any(isinstance(k, str) and k.startswith("$") for k in expected):
-            for name, bound in expected.items():
-                if name not in _OPERATORS:
-                    raise InvalidArgumentError(
-                        f"unsupported filter operator {name!r}; expected one of "
-                        f"{sorted(_OPERATORS)}"
-                    )
-                if name in _RANGE_OPERATORS and _number(bound) is None:
-                    raise InvalidArgumentError(
-                        f"{name} needs a number, not {type(bound).__name__}"
-                    )
-            return
-        _check_filter(expected)
-    elif isinstance(expected, (list, tuple)):
-        for element in expected:
-            _check_condition(element)
-
-
 # -- filters and ranking: InMemoryStore's semantics ----------------------------------------
 
 
@@ -917,34 +1015,87 @@ def _number(value: object) -> float | None:
         return None
 
 
-def _matches(value: dict[str, Any], filter: dict[str, Any]) -> bool:
-    return all(_compare(value.get(field), expected) for field, expected in filter.items())
+#: A compiled filter condition: whether a field's value (an item's value, at the top) matches.
+_Test = Callable[[Any], bool]
 
 
-def _compare(actual: Any, expected: Any) -> bool:
-    if isinstance(expected, dict):
-        if any(k.startswith("$") for k in expected):
-            return all(_apply(actual, name, bound) for name, bound in expected.items())
-        if not isinstance(actual, dict):
-            return False
-        return all(_compare(actual.get(k), v) for k, v in expected.items())
-    if isinstance(expected, (list, tuple)):
-        return (
-            isinstance(actual, (list, tuple))
-            and len(actual) == len(expected)
-            and all(_compare(a, e) for a, e in zip(actual, expected, strict=True))
+def _check_search(op: SearchOp) -> _Test | None:
+    """Check a search op; its filter compiled into a test of an item's value (or None)."""
+    _namespace_prefix(op.namespace_prefix)
+    _check_count(op.limit, "limit")
+    _check_count(op.offset, "offset")
+    _check_bool(op.refresh_ttl, "refresh_ttl")
+    if op.query is not None and not isinstance(op.query, str):
+        raise InvalidArgumentTypeError(
+            f"query must be a str or None, not {type(op.query).__name__}"
         )
-    return bool(actual == expected)
+    if op.filter is None:
+        return None
+    if not isinstance(op.filter, dict):
+        raise InvalidArgumentTypeError(
+            f"filter must be a dict or None, not {type(op.filter).__name__}"
+        )
+    return _fields_test(op.filter) if op.filter else None
 
 
-def _apply(actual: Any, name: str, bound: Any) -> bool:
+def _fields_test(filter: dict[Any, Any]) -> _Test:
+    """``{"field": condition, ...}``: a dict whose every field matches its condition."""
+    tests: list[tuple[str, _Test]] = []
+    for field, expected in filter.items():
+        if not isinstance(field, str):
+            raise InvalidArgumentTypeError(
+                f"filter fields must be str, not {type(field).__name__}"
+            )
+        tests.append((field, _condition_test(expected)))
+    if len(tests) == 1:
+        ((field, test),) = tests
+        return lambda value: test(value.get(field))
+    return lambda value: all(test(value.get(field)) for field, test in tests)
+
+
+def _condition_test(expected: object) -> _Test:
+    """One field's condition, as ``InMemoryStore`` compares it: operators, nested
+    fields (a dict), element by element (a list), else equality."""
+    if isinstance(expected, dict):
+        if not any(isinstance(k, str) and k.startswith("$") for k in expected):
+            fields = _fields_test(expected) if expected else None
+            return lambda actual: isinstance(actual, dict) and (fields is None or fields(actual))
+        tests = [_operator_test(name, bound) for name, bound in expected.items()]
+        if len(tests) == 1:
+            return tests[0]
+        return lambda actual: all(test(actual) for test in tests)
+    if isinstance(expected, (list, tuple)):
+        elements = [_condition_test(element) for element in expected]
+        size = len(elements)
+        return lambda actual: (
+            isinstance(actual, (list, tuple))
+            and len(actual) == size
+            and all(test(a) for test, a in zip(elements, actual, strict=True))
+        )
+    return lambda actual: bool(actual == expected)
+
+
+def _operator_test(name: object, bound: Any) -> _Test:
     if name == "$eq":
-        return bool(actual == bound)
+        return lambda actual: bool(actual == bound)
     if name == "$ne":
-        return bool(actual != bound)
-    number = _number(actual)
+        return lambda actual: bool(actual != bound)
+    compare = _RANGE_OPERATORS.get(name) if isinstance(name, str) else None
+    if compare is None:
+        raise InvalidArgumentError(
+            f"unsupported filter operator {name!r}; expected one of {sorted(_OPERATORS)}"
+        )
     limit = _number(bound)
-    return number is not None and limit is not None and _RANGE_OPERATORS[name](number, limit)
+    if limit is None:
+        raise InvalidArgumentError(f"{name} needs a number, not {type(bound).__name__}")
+
+    def ranged(actual: Any) -> bool:
+        try:
+            return compare(float(actual), limit)
+        except (TypeError, ValueError, OverflowError):
+            return False  # InMemoryStore raises here (see the class docstring)
+
+    return ranged
 
 
 def _cosine(query: list[float], query_norm: float, vector: list[float]) -> float:
@@ -956,22 +1107,22 @@ def _cosine(query: list[float], query_norm: float, vector: list[float]) -> float
 
 
 def _rank(
-    query: list[float], candidates: list[Any], offset: int, limit: int
-) -> list[tuple[float | None, Any]]:
+    query: list[float], candidates: list[_Candidate], offset: int, limit: int
+) -> list[tuple[float | None, _Candidate]]:
     """Candidates by their best cosine similarity to ``query`` (``InMemoryStore``'s rule:
     max over an item's vectors, unscored items after the scored ones)."""
     query_norm = math.sqrt(sum(x * x for x in query))
-    scored: list[tuple[float, int, Any]] = []
+    scored: list[tuple[float, int, _Candidate]] = []
     unscored = []
     for position, candidate in enumerate(candidates):
-        vectors = candidate[4].get("vectors")
+        vectors = candidate[3].get("vectors")
         if not vectors:
             unscored.append(candidate)
             continue
         best = max(_cosine(query, query_norm, vector) for _, vector in vectors)
         scored.append((best, position, candidate))
     scored.sort(key=lambda s: (-s[0], s[1]))
-    kept: list[tuple[float | None, Any]] = [
+    kept: list[tuple[float | None, _Candidate]] = [
         (score, candidate) for score, _, candidate in scored[offset : offset + limit]
     ]
     if unscored and len(kept) < limit:
