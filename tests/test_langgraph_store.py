@@ -179,10 +179,12 @@ def test_ttl_config_and_ttls_are_checked() -> None:
         MemkvStore(local, ttl={"default_tll": 5})  # type: ignore[typeddict-unknown-key]
     with MemkvStore(local, ttl={"sweep_interval_minutes": 5}) as store:
         assert store.supports_ttl
-        with pytest.raises(InvalidTTLError):
+        with pytest.raises(InvalidTTLError, match="ttl must be positive minutes.*got -1;"):
             store.put(("t",), "k", {"v": 1}, ttl=-1)
-        with pytest.raises(InvalidTTLError):
+        with pytest.raises(InvalidTTLError, match="got nan;"):
             store.put(("t",), "k", {"v": 1}, ttl=math.nan)
+        with pytest.raises(InvalidTTLError, match="at most 52596000 .*got more;"):
+            store.put(("t",), "k", {"v": 1}, ttl=10**5000)
         assert store.get(("t",), "k") is None
 
 

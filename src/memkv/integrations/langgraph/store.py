@@ -59,11 +59,12 @@ from memkv.errors import (
     InvalidArgumentError,
     InvalidArgumentTypeError,
     InvalidKeyError,
+    InvalidTTLError,
 )
 from memkv.integrations._sync_bridge import BridgedAdapter, SyncBridge
 from memkv.local import LocalMemoryStore
 from memkv.store import MemoryStore
-from memkv.validation import check_key, check_store, ttl_seconds
+from memkv.validation import MAX_TTL_SECONDS, check_key, check_store, ttl_seconds
 
 __all__ = ["KEY_PREFIX", "MemkvStore"]
 
@@ -221,6 +222,7 @@ class MemkvStore(BridgedAdapter, BaseStore):
     ) -> None:
         check_store(store)
         self.ttl_config = _check_ttl_config(ttl)
+        """The ``TTLConfig`` given, checked (``None`` without one), as LangGraph reads it."""
         self.index_config, self.embeddings, self._fields = _check_index_config(index)
         self._store = store
         self._bridge = SyncBridge(store, label=repr(self), thread_prefix=_WORKER_THREAD_PREFIX)
@@ -903,7 +905,16 @@ def _check_minutes(minutes: object, name: str) -> None:
         raise InvalidArgumentTypeError(
             f"{name} must be minutes as int or float, or None, not {type(minutes).__name__}"
         )
-    ttl_seconds(minutes * 60, name)
+    try:
+        ttl_seconds(minutes * 60, name)
+    except InvalidTTLError:
+        # Named in minutes, as given (ttl_seconds would name the seconds); an int too
+        # long for its decimal text to be made is not quoted.
+        shown = repr(minutes) if isinstance(minutes, float) or abs(minutes) < 10**18 else "more"
+        raise InvalidTTLError(
+            f"{name} must be positive minutes, at most {MAX_TTL_SECONDS / 60:.0f} (100 years), "
+            f"got {shown}; use {name}=None for no expiry"
+        ) from None
 
 
 def _check_list_op(op: ListNamespacesOp) -> None:
