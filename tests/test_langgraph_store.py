@@ -76,32 +76,39 @@ async def test_default_ttl_and_per_put_ttl_expire_through_the_memkv_store(
         assert await store.alist_namespaces() == [("t",)]
 
 
+#: The TTLs below, for Redis's real time: a check that an item is still there has
+#: REAL_TIME_MARGIN seconds of slack (a stalled test run must not fail it); one that it is
+#: gone only needs time to have passed, which a stall never undoes.
+ONE_SECOND = 1 / 60  # minutes
+REAL_TIME_MARGIN = 0.45
+
+
 async def test_a_read_refreshes_the_ttl_through_touch(harness: StoreHarness) -> None:
-    async with MemkvStore(harness.store, ttl={"default_ttl": 0.01}) as store:  # 0.6 s
+    async with MemkvStore(harness.store, ttl={"default_ttl": ONE_SECOND}) as store:
         await store.aput(("t",), "read", {"v": 1})
         await store.aput(("t",), "searched", {"v": 2})
         await store.aput(("t",), "unread", {"v": 3})
         await store.aput(("t",), "peeked", {"v": 4})
-        await harness.advance(0.4)
+        await harness.advance(1 - REAL_TIME_MARGIN)
         assert await store.aget(("t",), "read") is not None
         assert len(await store.asearch(("t",), filter={"v": 2})) == 1
         assert await store.aget(("t",), "peeked", refresh_ttl=False) is not None
-        await harness.advance(0.4)  # 0.8 s after the writes, 0.4 s after the reads
+        await harness.advance(1 - REAL_TIME_MARGIN)  # past the writes' TTL, not the reads'
         assert await store.aget(("t",), "unread") is None
         assert await store.aget(("t",), "peeked") is None
         assert await store.aget(("t",), "read", refresh_ttl=False) is not None
         assert await store.aget(("t",), "searched", refresh_ttl=False) is not None
-        await harness.advance(0.7)
+        await harness.advance(REAL_TIME_MARGIN + 0.05)  # past the reads' TTL
         assert await store.asearch(("t",)) == []
 
 
 async def test_a_batch_refreshes_the_ttl_of_what_its_reads_return(
     harness: StoreHarness,
 ) -> None:
-    async with MemkvStore(harness.store, ttl={"default_ttl": 0.01}) as store:  # 0.6 s
+    async with MemkvStore(harness.store, ttl={"default_ttl": ONE_SECOND}) as store:
         for key in ("got", "found", "peeked", "unread"):
             await store.aput(("t", key), key, {"key": key})
-        await harness.advance(0.4)
+        await harness.advance(1 - REAL_TIME_MARGIN)
         results = await store.abatch(
             [
                 GetOp(("t", "got"), "got"),
@@ -119,7 +126,7 @@ async def test_a_batch_refreshes_the_ttl_of_what_its_reads_return(
         assert isinstance(searched, list)
         assert [item.key for item in [*found, *searched]] == ["found", "peeked"]
         assert written is None
-        await harness.advance(0.4)  # 0.8 s after the first writes, 0.4 s after the batch
+        await harness.advance(1 - REAL_TIME_MARGIN)  # past the first writes' TTL only
         left = {i.key for i in await store.asearch(("t",), limit=10, refresh_ttl=False)}
         assert left == {"got", "found", "new"}
 
@@ -127,19 +134,20 @@ async def test_a_batch_refreshes_the_ttl_of_what_its_reads_return(
 async def test_an_asked_refresh_gives_back_the_items_own_ttl_not_the_default(
     harness: StoreHarness,
 ) -> None:
-    config: Any = {"default_ttl": 0.01, "refresh_on_read": False}  # 0.6 s, never refreshed
+    # 1 s, never refreshed by a plain read.
+    config: Any = {"default_ttl": ONE_SECOND, "refresh_on_read": False}
     async with MemkvStore(harness.store, ttl=config) as store:
         await store.aput(("t",), "default", {"v": 1})
-        await store.aput(("t",), "own", {"v": 2}, ttl=0.02)  # 1.2 s
-        await harness.advance(0.4)
+        await store.aput(("t",), "own", {"v": 2}, ttl=1.5 * ONE_SECOND)
+        await harness.advance(0.5)
         assert len(await store.asearch(("t",))) == 2  # refresh_on_read=False: no refresh
         found = await store.asearch(("t",), filter={"v": 2}, refresh_ttl=True)
-        assert [item.key for item in found] == ["own"]  # 1.2 s again, from 0.4 s
-        await harness.advance(0.4)
+        assert [item.key for item in found] == ["own"]  # 1.5 s again: until 2 s
+        await harness.advance(0.55)  # 1.05 s: past the default TTL
         assert [item.key for item in await store.asearch(("t",))] == ["own"]
-        await harness.advance(0.6)  # 1.4 s: past its first expiry, not its refreshed one
+        await harness.advance(0.5)  # 1.55 s: past its first expiry, not its refreshed one
         assert await store.aget(("t",), "own") is not None
-        await harness.advance(0.4)
+        await harness.advance(0.5)  # 2.05 s
         assert await store.aget(("t",), "own") is None
 
 
@@ -179,11 +187,11 @@ def test_ttl_config_and_ttls_are_checked() -> None:
         MemkvStore(local, ttl={"default_tll": 5})  # type: ignore[typeddict-unknown-key]
     with MemkvStore(local, ttl={"sweep_interval_minutes": 5}) as store:
         assert store.supports_ttl
-        with pytest.raises(InvalidTTLError, match="ttl must be positive minutes.*got -1;"):
+        with pytest.raises(InvalidTTLError, match=r"ttl must be positive minutes.*got -1;"):
             store.put(("t",), "k", {"v": 1}, ttl=-1)
         with pytest.raises(InvalidTTLError, match="got nan;"):
             store.put(("t",), "k", {"v": 1}, ttl=math.nan)
-        with pytest.raises(InvalidTTLError, match="at most 52596000 .*got more;"):
+        with pytest.raises(InvalidTTLError, match=r"at most 52596000 .*got more;"):
             store.put(("t",), "k", {"v": 1}, ttl=10**5000)
         assert store.get(("t",), "k") is None
 
