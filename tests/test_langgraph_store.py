@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from langchain_core.embeddings import DeterministicFakeEmbedding
+from langchain_core.outputs import Generation
 from langgraph.store.base import (
     GetOp,
     IndexConfig,
@@ -319,6 +320,26 @@ async def test_every_namespace_gets_its_own_keys_and_prefix(harness: StoreHarnes
         assert await store.alist_namespaces(limit=100) == sorted(NASTY)
         assert (await raw.get("unrelated:key")).value == "other data"  # type: ignore[union-attr]
         assert await raw.get(KEY_PREFIX + "a%2Fb//k/1") is not None
+
+
+def test_each_adapter_names_its_key_prefix_on_its_class() -> None:
+    from memkv.integrations.langchain import MemkvLLMCache
+    from memkv.integrations.langgraph import MemkvCache
+
+    memory: LocalMemoryStore[Any] = LocalMemoryStore()
+    MemkvStore(memory).put(("a",), "k", {"v": 1})
+    MemkvCache[int](memory).set({(("a",), "k"): (1, None)})
+    MemkvLLMCache(memory).update("prompt", "model", [Generation(text="answer")])
+
+    async def stored_keys() -> list[str]:
+        return [key async for key in memory.scan()]
+
+    keys = asyncio.run(stored_keys())
+    prefixes = [MemkvStore.KEY_PREFIX, MemkvCache.KEY_PREFIX, MemkvLLMCache.KEY_PREFIX]
+    assert MemkvStore.KEY_PREFIX == KEY_PREFIX
+    assert sorted(prefix for prefix in prefixes for key in keys if key.startswith(prefix)) == (
+        sorted(prefixes)
+    )
 
 
 async def test_the_document_round_trips_through_the_json_codec(redis_url: str) -> None:

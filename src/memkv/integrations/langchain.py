@@ -54,8 +54,9 @@ class MemkvStore(BridgedAdapter, BaseStore[str, V]):
     """A LangChain ``BaseStore[str, V]`` over any memkv ``MemoryStore``, sync and async.
 
     ``mget``/``amget`` return the values (``None`` where a key is missing or expired),
-    ``mset``/``amset`` write a batch with the same ``ttl`` and ``metadata`` on every
-    entry (validated here, at construction: a bad ``ttl`` raises ``InvalidTTLError``,
+    ``mset``/``amset`` write a batch with the same ``ttl`` (seconds, int or float, or a
+    ``timedelta``; ``None``: no expiry) and ``metadata`` on every entry (validated
+    here, at construction: a bad ``ttl`` raises ``InvalidTTLError``,
     bad metadata ``InvalidMetadataError``), ``mdelete``/``amdelete`` remove keys, and
     ``yield_keys``/``ayield_keys`` stream the keys that start with the literal
     ``prefix``, ``batch_size`` keys at a time (a real ``Generator`` and
@@ -239,7 +240,8 @@ class MemkvLLMCache(BridgedAdapter, BaseCache):
     that the same call is answered without the model: pass it to ``set_llm_cache``
     (every model) or as a model's ``cache=``. ``lookup``/``alookup`` return the cached
     generations or ``None``, ``update``/``aupdate`` store them with the cache's ``ttl``
-    (``None``: until cleared or evicted; a bad ``ttl`` raises ``InvalidTTLError``),
+    (seconds, int or float, or a ``timedelta``; ``None``: until cleared or evicted; a
+    bad ``ttl`` raises ``InvalidTTLError``),
     ``clear``/``aclear`` remove every entry this cache wrote and nothing else in the
     store. Each call is one operation on the store (``get``, ``set``, ``clear``).
 
@@ -295,7 +297,8 @@ class MemkvLLMCache(BridgedAdapter, BaseCache):
         return self._generations(self._bridge.call(self._store.get(key)))
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
-        """Cache ``return_val`` (a sequence of ``Generation``) with the cache's ``ttl``."""
+        """Cache ``return_val`` (a sequence of ``Generation``) for the cache's ``ttl``
+        (seconds)."""
         key = self._key(prompt, llm_string)
         text = self._dumps(return_val)
         self._bridge.call(self._store.set(key, text, self._ttl))

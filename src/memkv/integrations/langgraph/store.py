@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, cast
 from urllib.parse import unquote
 
 try:
@@ -188,8 +188,10 @@ class MemkvStore(BridgedAdapter, BaseStore):
     label, a non-``str`` label; an empty namespace or a ``"langgraph"`` root for a
     ``put``) raises LangGraph's ``InvalidNamespaceError``, as ``InMemoryStore``
     does (and here also inside ``batch``). What memkv refuses raises memkv's typed
-    errors before anything is read or written: a namespace that is not a tuple,
-    a non-``str`` key (``InvalidKeyError``), a bad TTL (``InvalidTTLError``), a
+    errors before anything is read or written: a namespace that is not a tuple
+    (``InvalidArgumentTypeError``), an op's key that is not a ``str``
+    (``InvalidKeyError``; ``get``/``put``/``delete`` take ``str(key)``, as LangGraph's
+    methods do), a bad TTL (``InvalidTTLError``), a
     negative ``limit``/``offset``, ``max_depth < 1``, a bad filter or option
     (``InvalidArgumentError``/``InvalidArgumentTypeError``), a value that is not a
     mapping (``InvalidArgumentTypeError``). Something else's data under ``KEY_PREFIX``
@@ -212,6 +214,10 @@ class MemkvStore(BridgedAdapter, BaseStore):
     """
 
     supports_ttl: bool = True
+
+    #: The prefix of every key this store writes: the module's ``KEY_PREFIX``, named
+    #: here too as ``MemkvCache.KEY_PREFIX`` and ``MemkvLLMCache.KEY_PREFIX`` name theirs.
+    KEY_PREFIX: ClassVar[str] = KEY_PREFIX
 
     def __init__(
         self,
