@@ -169,16 +169,8 @@ def test_the_nav_lists_every_page() -> None:
     assert nav - built == set(), "nav entries with no page"
 
 
-def test_the_reference_pages_include_langgraph_once_it_exists() -> None:
-    """Until ``memkv.integrations.langgraph`` exists its page is left out of the build;
-    once it does, the page must be built and in the nav."""
-    try:
-        importlib.import_module("memkv.integrations.langgraph")
-    except ModuleNotFoundError as error:
-        if error.name != "memkv.integrations.langgraph":
-            raise
-        assert _excluded("reference/langgraph.md")
-        return
+def test_the_reference_pages_include_langgraph() -> None:
+    importlib.import_module("memkv.integrations.langgraph")
     assert not _excluded("reference/langgraph.md")
     assert "reference/langgraph.md" in _nav_pages()
 
