@@ -1215,8 +1215,9 @@ def test_a_forked_child_opens_its_own_connections_and_leaves_the_parents_alone(
     store: RedisMemoryStore[Any] = RedisMemoryStore(
         redis_url if kind == "single" else cluster_url, namespace=unique_namespace()
     )
-    with asyncio.Runner() as runner:
-        runner.run(store.set("parent", 1))
+    loop = asyncio.new_event_loop()  # not asyncio.Runner: Python 3.10 has none
+    try:
+        loop.run_until_complete(store.set("parent", 1))
         pid = os.fork()
         if pid == 0:  # the child: a new loop, and the store moves to it
             code = 1
@@ -1233,7 +1234,9 @@ def test_a_forked_child_opens_its_own_connections_and_leaves_the_parents_alone(
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         # The parent's connection, its loop's registration included, still works.
-        entries = runner.run(store.get_many(["parent", "child"]))
+        entries = loop.run_until_complete(store.get_many(["parent", "child"]))
         assert [entry.value for entry in entries if entry] == [1, 2]
-        runner.run(store.clear())
-        runner.run(store.close())
+        loop.run_until_complete(store.clear())
+        loop.run_until_complete(store.close())
+    finally:
+        loop.close()

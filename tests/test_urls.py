@@ -182,6 +182,17 @@ def test_a_password_with_a_slash_is_not_quoted_in_the_error() -> None:
     assert "percent-encode" in str(raised.value)
 
 
+@pytest.mark.parametrize("host", ["[JJJJ]", "[127.0.0.1]", "[vX.1]", "[secret-host]"], ids=repr)
+def test_a_bracketed_host_must_be_an_ipv6_address_on_every_python(host: str) -> None:
+    # urlsplit checks brackets itself only from Python 3.11.4 on: before, "[JJJJ]"
+    # parsed as the host "jjjj", shown in the store's repr.
+    with pytest.raises(InvalidArgumentError, match="malformed host") as raised:
+        parse_redis_url(f"redis://{host}:6379/0")
+    assert host.strip("[]x").lower() not in str(raised.value).lower()
+    assert parse_redis_url("redis://[::1]:6379/0").host == "::1"
+    assert parse_redis_url("redis://[v1.fe80::a]:6379/0").host == "v1.fe80::a"
+
+
 def test_masking_covers_raw_decoded_and_split_passwords() -> None:
     url = "redis://user:p%40ss:word@host:6379/0"
     text = "cannot use redis://user:p%40ss:word@host with p@ss:word"

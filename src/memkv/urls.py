@@ -18,6 +18,7 @@ socket path), its namespace and its codec name.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -235,6 +236,7 @@ def _split(url: object, kind: str, schemes: tuple[str, ...]) -> tuple[SplitResul
     parts: SplitResult | None
     try:
         parts = urlsplit(url)
+        _check_bracketed_host(parts.netloc)
     except ValueError:
         parts = None
     if parts is None:
@@ -263,6 +265,20 @@ def _split(url: object, kind: str, schemes: tuple[str, ...]) -> tuple[SplitResul
             f"the {kind} URL's port is not a number from 0 to 65535; {_ENCODE_HINT}"
         )
     return parts, scheme
+
+
+def _check_bracketed_host(netloc: str) -> None:
+    """Raise ``ValueError`` for a bracketed host that is not an IPv6 (or IPvFuture)
+    address, as ``urlsplit`` does itself from Python 3.11.4 on; before, ``[anything]``
+    was taken for a host name (and shown in the store's repr)."""
+    if "[" not in netloc or "]" not in netloc:
+        return
+    host = netloc.partition("[")[2].partition("]")[0]
+    if host.startswith("v"):
+        if not re.fullmatch(r"v[a-fA-F0-9]+\..+", host):
+            raise ValueError("invalid IPvFuture address")
+    elif not isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address):
+        raise ValueError("an IPv4 address cannot be in brackets")
 
 
 def _query(parts: SplitResult) -> list[tuple[str, str]]:
