@@ -18,14 +18,17 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 def run_example(name: str, *args: str) -> str:
     """Run ``examples/<name>`` in a fresh interpreter (offline: no proxy, no key) and
-    return what it printed; the memkv under test is the one this test imported."""
+    return what it printed; the memkv under test is the one this test imported.
+
+    Warnings are errors there too, and nothing may reach stderr: no ResourceWarning of a
+    connection left open, no "Task was destroyed but it is pending" at exit."""
     environment = {
         **os.environ,
         "PYTHONPATH": str(Path(memkv.__file__).resolve().parents[1]),
         "OPENAI_API_KEY": "",
     }
     completed = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), *args],
+        [sys.executable, "-W", "error", str(EXAMPLES / name), *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -33,6 +36,7 @@ def run_example(name: str, *args: str) -> str:
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
+    assert completed.stderr == ""
     return completed.stdout
 
 
