@@ -491,6 +491,41 @@ def test_import_memkv_never_imports_langgraph_and_the_extra_is_named() -> None:
     assert result.stdout.strip() == "ok"
 
 
+def test_the_adapters_work_on_the_local_store_without_the_redis_extra() -> None:
+    # pip install "memkv[langgraph]" (or [langchain]) brings no msgspec: the adapters
+    # must import and run on a LocalMemoryStore all the same.
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["msgspec"] = None  # as if the redis extra were not installed
+        sys.modules["redis"] = None
+        from langchain_core.outputs import Generation
+        from langgraph.store.base import PutOp
+        from memkv import LocalMemoryStore
+        from memkv.integrations.langchain import MemkvLLMCache, MemkvStore as DocStore
+        from memkv.integrations.langgraph import MemkvCache, MemkvStore
+
+        with MemkvStore(LocalMemoryStore()) as store:
+            store.batch([PutOp(("a",), "k", {"v": 1}, ttl=5), PutOp(("a",), "j", {"v": 2})])
+            print([item.key for item in store.search(("a",))])
+        with MemkvCache(LocalMemoryStore()) as cache:
+            cache.set({(("n",), "k"): (1, 60)})
+            print(cache.get([(("n",), "k")]))
+        with MemkvLLMCache(LocalMemoryStore()) as llm_cache:
+            llm_cache.update("p", "m", [Generation(text="x")])
+            print(llm_cache.lookup("p", "m")[0].text)
+        with DocStore(LocalMemoryStore()) as docs:
+            docs.mset([("d", 1)])
+            print(docs.mget(["d"]))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:4] == ["['k', 'j']", "{(('n',), 'k'): 1}", "x", "[1]"]
+
+
 def test_timestamps_are_timezone_aware_utc() -> None:
     with MemkvStore(LocalMemoryStore()) as store:
         store.put(("t",), "k", {"v": 1})

@@ -52,7 +52,6 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         'memkv.integrations.langgraph needs langgraph: pip install "memkv[langgraph]"'
     ) from err
 
-from memkv.codecs import Codec, encode_value
 from memkv.entry import MemoryEntry
 from memkv.errors import (
     CodecError,
@@ -673,10 +672,15 @@ class MemkvStore(BridgedAdapter, BaseStore):
             # One set_many per TTL: check every document first, so that a value the
             # codec refuses leaves nothing of the batch written.
             codec = getattr(store, "_codec", None)
-            if isinstance(codec, Codec):
-                for group in by_ttl.values():
-                    for _, document in group:
-                        encode_value(codec, document)
+            if codec is not None:
+                # Imported here: memkv.codecs needs msgspec (the redis extra), which a
+                # store with a codec has and the langgraph extra alone does not bring.
+                from memkv.codecs import Codec, encode_value
+
+                if isinstance(codec, Codec):
+                    for group in by_ttl.values():
+                        for _, document in group:
+                            encode_value(codec, document)
         for seconds, items in by_ttl.items():
             await store.set_many(items, seconds)
         if deletes:
