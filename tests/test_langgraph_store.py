@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -524,6 +525,29 @@ def test_the_adapters_work_on_the_local_store_without_the_redis_extra() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:4] == ["['k', 'j']", "{(('n',), 'k'): 1}", "x", "[1]"]
+
+
+def test_no_adapter_shows_the_password_of_its_redis_url() -> None:
+    from memkv.integrations.langchain import MemkvLLMCache
+    from memkv.integrations.langchain import MemkvStore as DocStore
+    from memkv.integrations.langgraph import MemkvCache
+
+    url = "redis://agent:Pa55-w0rd@127.0.0.1:1/0"  # never connected to
+    calls: dict[type[Any], Callable[[Any], object]] = {
+        MemkvStore: lambda store: store.get(("a",), "k"),
+        MemkvCache: lambda cache: cache.get([(("a",), "k")]),
+        MemkvLLMCache: lambda cache: cache.lookup("prompt", "model"),
+        DocStore: lambda store: store.mget(["k"]),
+    }
+    for adapter_type, call in calls.items():
+        adapter = adapter_type(RedisMemoryStore(url))
+        adapter.close()
+        with pytest.raises(StoreClosedError) as closed:
+            call(adapter)
+        for text in (repr(adapter), str(closed.value)):
+            assert "RedisMemoryStore(127.0.0.1:1" in text
+            assert "Pa55" not in text
+            assert "agent" not in text
 
 
 def test_timestamps_are_timezone_aware_utc() -> None:
