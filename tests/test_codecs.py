@@ -113,6 +113,21 @@ def test_pickle_failures_quote_neither_the_value_nor_chain_pickles_message() -> 
     assert info.value.__context__ is None
 
 
+def test_a_codec_of_your_own_failing_is_neither_quoted_nor_chained() -> None:
+    class Quoting:
+        def encode(self, value: Any) -> bytes:
+            raise ValueError(f"cannot encode {value!r}")
+
+        def decode(self, data: bytes) -> Any:
+            return data
+
+    with pytest.raises(CodecError) as info:
+        encode_value(Quoting(), {"password": "hunter2"})
+    assert str(info.value) == ("the Quoting codec cannot encode a value of type dict: ValueError")
+    assert info.value.__cause__ is None
+    assert info.value.__context__ is None
+
+
 def test_a_codec_returning_something_else_than_bytes_is_refused() -> None:
     class Wrong:
         def encode(self, value: Any) -> Any:

@@ -201,11 +201,16 @@ def encode_value(codec: Codec, value: Any) -> bytes:
     try:
         data = codec.encode(value)
     except Exception as err:
-        # Not the error's message: a codec of your own may quote the value in it.
+        failure: type[Exception] | None = type(err)
+    else:
+        failure = None
+    if failure is not None:
+        # Neither the error's message nor the error itself (raised outside the except
+        # block, so it is not chained): a codec of your own may quote the value in it.
         raise CodecError(
             f"the {codec_name(codec)} codec cannot encode a value of type "
-            f"{type(value).__name__}: {type(err).__name__}"
-        ) from err
+            f"{type(value).__name__}: {failure.__name__}"
+        )
     if type(data) is not bytes:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise CodecError(
