@@ -508,7 +508,12 @@ async def test_add_touch_and_get_or_set_leave_no_stale_copy(
     assert touched is not None
     assert touched.expires_at is not None
     await writer.delete("k")
-    await wait_until(lambda: near_stats(near).invalidations >= 1)
+    # Not a count of invalidations: the near store's own add and touch are invalidated
+    # too (tracking without NOLOOP), and Redis 7 may send those after their replies, so
+    # a count can be reached before the writer's delete is seen. Wait for the copy to go.
+    assert near._near is not None
+    core = near._near.core
+    await wait_until(lambda: core.get("k") is None)
 
     async def compute() -> int:
         return 7
