@@ -207,10 +207,7 @@ def encode_value(codec: Codec, value: Any) -> bytes:
     if failure is not None:
         # Neither the error's message nor the error itself (raised outside the except
         # block, so it is not chained): a codec of your own may quote the value in it.
-        raise CodecError(
-            f"the {codec_name(codec)} codec cannot encode a value of type "
-            f"{type(value).__name__}: {failure.__name__}"
-        )
+        raise _encode_error(codec_name(codec), value, failure.__name__)
     if type(data) is not bytes:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise CodecError(
